@@ -1,0 +1,46 @@
+# happyhashtags: `make run` and `make test` set everything up on a fresh machine.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
+DATABASE ?= sqlite:///happyhashtags.db
+
+.PHONY: help setup run migrate test lint format bench chaos clean
+
+help:  ## list the targets
+	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+
+$(STAMP): $(BIN)/python pyproject.toml
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	rm -f $(VENV)/.installed-*
+	touch $@
+
+setup: $(STAMP)  ## create .venv and install the project with its test tools
+
+migrate: setup  ## migrate the database (DATABASE=url, default the embedded SQLite)
+	$(BIN)/happyhashtags migrate --database '$(DATABASE)'
+
+run: migrate  ## count the built-in demo stream into the embedded SQLite and print the top ten
+	$(BIN)/happyhashtags run --source demo --database '$(DATABASE)'
+
+test: setup  ## run the whole test suite (needs Postgres and NATS on loopback)
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+lint: setup  ## ruff (lint and format check) and mypy --strict
+	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff format --check src tests benchmarks
+	$(BIN)/mypy
+
+format: setup  ## apply ruff's fixes and formatting
+	$(BIN)/ruff check --fix src tests benchmarks
+	$(BIN)/ruff format src tests benchmarks
+
+bench: setup  ## benchmarks (see docs/benchmarks.md)
+	$(BIN)/python benchmarks/run.py $(BENCH_ARGS)
+
+clean:  ## remove the venv, caches and the embedded database
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis happyhashtags.db*

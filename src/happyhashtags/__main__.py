@@ -1,0 +1,3 @@
+from happyhashtags.cli import main
+
+main()

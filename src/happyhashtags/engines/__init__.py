@@ -1,0 +1,1 @@
+"""Engines wire a source, the counting rules and a store together."""

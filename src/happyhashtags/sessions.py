@@ -1,0 +1,90 @@
+"""Anti-spam sessions: an author repeating a hashtag within a session counts once.
+
+A session of an author is a run of that author's posts, in arrival order, in which no post's event
+time is more than `gap` seconds after the latest event time seen so far in the session; a post beyond
+that starts a new session. Within a session an (author, hashtag) pair adds at most one post to
+`tweets` (at its first post) and at most one to `happy_tweets` (at its first happy post).
+"""
+
+from __future__ import annotations
+
+__all__ = ["SessionTracker"]
+
+
+class _Session:
+    __slots__ = ("happy", "latest", "seen")
+
+    def __init__(self, latest: float) -> None:
+        self.latest = latest
+        self.seen: set[str] = set()
+        self.happy: set[str] = set()
+
+
+class SessionTracker:
+    """Per-author sessions with bounded state.
+
+    State is dropped for sessions that nothing can extend any more: those whose latest event time
+    plus the gap lies more than `allowed_lateness` seconds before the latest event time seen in the
+    whole stream (the watermark). A post arriving later than that is treated as a new session.
+
+    >>> tracker = SessionTracker(gap=1800)
+    >>> tracker.admit("alice", 0.0, ["cats"], happy=False)
+    [('cats', 1, 0)]
+    >>> tracker.admit("alice", 60.0, ["cats"], happy=True)
+    [('cats', 0, 1)]
+    >>> tracker.admit("alice", 120.0, ["cats"], happy=True)
+    []
+    """
+
+    __slots__ = ("_admitted", "_sessions", "allowed_lateness", "expire_every", "gap", "watermark")
+
+    def __init__(
+        self, *, gap: float, allowed_lateness: float = 3600.0, expire_every: int = 65536
+    ) -> None:
+        if gap <= 0:
+            raise ValueError("a session gap must be positive (0 means: use no SessionTracker)")
+        self.gap = gap
+        self.allowed_lateness = allowed_lateness
+        self.expire_every = expire_every
+        self.watermark = float("-inf")
+        self._sessions: dict[str, _Session] = {}
+        self._admitted = 0
+
+    def __len__(self) -> int:
+        return len(self._sessions)
+
+    def admit(
+        self, author: str, event_time: float, keys: list[str], *, happy: bool
+    ) -> list[tuple[str, int, int]]:
+        """Record a post; return ``(key, add_to_tweets, add_to_happy)`` for the keys that count."""
+        session = self._sessions.get(author)
+        if session is None or event_time > session.latest + self.gap:
+            session = self._sessions[author] = _Session(event_time)
+        elif event_time > session.latest:
+            session.latest = event_time
+        if event_time > self.watermark:
+            self.watermark = event_time
+        self._admitted += 1
+        if self._admitted >= self.expire_every:
+            self.expire()
+        out: list[tuple[str, int, int]] = []
+        seen, happy_seen = session.seen, session.happy
+        for key in keys:
+            new = key not in seen
+            if new:
+                seen.add(key)
+            new_happy = happy and key not in happy_seen
+            if new_happy:
+                happy_seen.add(key)
+            if new or new_happy:
+                out.append((key, int(new), int(new_happy)))
+        return out
+
+    def expire(self) -> int:
+        """Drop sessions that no post within the allowed lateness can extend; return how many."""
+        self._admitted = 0
+        horizon = self.watermark - self.allowed_lateness - self.gap
+        stale = [a for a, s in self._sessions.items() if s.latest < horizon]
+        for author in stale:
+            del self._sessions[author]
+        return len(stale)

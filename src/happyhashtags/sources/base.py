@@ -1,0 +1,52 @@
+"""What every source provides: batches of raw messages, each with the time it was read."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from typing import NamedTuple, Protocol, runtime_checkable
+
+__all__ = ["Batch", "Clock", "Source"]
+
+Clock = Callable[[], float]
+"""Returns seconds since the epoch (UTC). Injected so tests control time."""
+
+system_clock: Clock = time.time
+
+
+class Batch(NamedTuple):
+    """Raw messages read together.
+
+    Attributes:
+        lines: one message per item, without line terminators (may include blank keep-alives).
+        received_at: when they were read (seconds since the epoch), the event time of posts
+            whose payload has none.
+        origin: where they came from, for dead letters and logs (a file name, "stdin", a URL).
+        first_line: the line number of ``lines[0]`` within `origin` (1-based), or 0 if unknown.
+    """
+
+    lines: list[bytes]
+    received_at: float
+    origin: str
+    first_line: int = 0
+
+
+@runtime_checkable
+class Source(Protocol):
+    """A stream of raw messages.
+
+    `format` names the decoder for its messages (see `happyhashtags.formats`). `total` is the
+    number of messages when known up front (for progress bars), else None.
+    """
+
+    name: str
+    format: str
+    total: int | None
+
+    def batches(self) -> Iterator[Batch]:
+        """Yield batches until the source ends (files) or is closed (streams)."""
+        ...
+
+    def close(self) -> None:
+        """Stop reading; `batches` returns soon after. Safe to call twice, from a signal handler."""
+        ...

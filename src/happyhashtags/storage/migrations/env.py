@@ -1,0 +1,22 @@
+"""Alembic environment: runs on the connection the Store hands over (or on the configured URL)."""
+
+from __future__ import annotations
+
+from alembic import context
+from sqlalchemy import create_engine
+
+from happyhashtags.storage.schema import metadata
+
+config = context.config
+connection = config.attributes.get("connection")
+
+if connection is None:
+    engine = create_engine(config.get_main_option("sqlalchemy.url") or "sqlite:///happyhashtags.db")
+    with engine.begin() as connection:
+        context.configure(connection=connection, target_metadata=metadata, render_as_batch=True)
+        with context.begin_transaction():
+            context.run_migrations()
+else:
+    context.configure(connection=connection, target_metadata=metadata, render_as_batch=True)
+    with context.begin_transaction():
+        context.run_migrations()
