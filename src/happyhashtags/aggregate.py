@@ -150,6 +150,24 @@ class PostCounter:
                 cell[1] += happy_add
         stats.counted += bool(admitted)
 
+    def replay(self, post: Post) -> None:
+        """Rebuild state from a post counted before (after a restart): remember its id and feed
+        its author's session, without counting anything."""
+        if post.id is not None and not self._ids.add(post.id):
+            return
+        if (post.is_retweet and not self.count_retweets) or self._sessions is None:
+            return
+        if post.author is None:
+            return
+        tags = post.hashtags if post.hashtags is not None else extract_hashtags(post.text)
+        keys = list(dict.fromkeys(normalize_hashtag(t) for t in tags)) if tags else []
+        happy = bool(keys) and self.happy.matches(post.text)
+        self._sessions.admit(post.author, post.event_time, keys, happy=happy)
+
+    def restore(self, counts: Counts) -> None:
+        """Put drained counts back (a write failed and will be retried)."""
+        merge_counts(self._counts, counts)
+
     def drain(self) -> Counts:
         """Return the counts accumulated since the last drain, and start afresh."""
         counts, self._counts = self._counts, {}

@@ -11,17 +11,28 @@ The database URL is taken from, in order: ``--database``, ``HAPPYHASHTAGS_DATABA
 
 from __future__ import annotations
 
+import json
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic import (
+    AliasChoices,
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+)
 from pydantic_settings import (
     BaseSettings,
     EnvSettingsSource,
     InitSettingsSource,
+    NoDecode,
     PydanticBaseSettingsSource,
+    SettingsError,
     SettingsConfigDict,
 )
 from sqlalchemy.engine import URL
@@ -30,10 +41,19 @@ from happyhashtags.errors import ConfigError
 from happyhashtags.happy import DEFAULT_MARKERS
 from happyhashtags.timeutil import parse_duration
 
-__all__ = ["DEFAULT_DATABASE_URL", "Settings", "load_settings"]
+__all__ = ["DEFAULT_DATABASE_URL", "Settings", "XRule", "load_settings"]
 
 DEFAULT_DATABASE_URL = "sqlite:///happyhashtags.db"
 ENV_PREFIX = "HAPPYHASHTAGS_"
+
+
+class XRule(BaseModel):
+    """One filtered-stream rule: a query and an optional tag."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    value: str
+    tag: str | None = None
 
 
 class Settings(BaseSettings):
@@ -41,7 +61,11 @@ class Settings(BaseSettings):
     variables are the names in capitals with the ``HAPPYHASHTAGS_`` prefix."""
 
     model_config = SettingsConfigDict(
-        env_prefix=ENV_PREFIX, extra="forbid", validate_default=True, frozen=True
+        env_prefix=ENV_PREFIX,
+        extra="forbid",
+        validate_default=True,
+        frozen=True,
+        populate_by_name=True,
     )
 
     database_url: SecretStr = Field(
@@ -49,7 +73,10 @@ class Settings(BaseSettings):
         description="SQLAlchemy URL of the database (may hold a password, so it is secret).",
     )
     source: str = Field(default="demo", description="What to read: demo, -, a file or glob, ...")
-    happy: tuple[str, ...] = Field(default=DEFAULT_MARKERS, description="Happy markers.")
+    happy: Annotated[tuple[str, ...], NoDecode] = Field(
+        default=DEFAULT_MARKERS,
+        description="Happy markers (env: a JSON list, or markers separated by spaces).",
+    )
     bucket: float = Field(default=3600.0, description="Bucket size (a duration, e.g. 1h).")
     session_gap: float = Field(default=1800.0, description="Anti-spam session gap; 0 = off.")
     allowed_lateness: float = Field(
@@ -63,7 +90,56 @@ class Settings(BaseSettings):
     demo_count: int = Field(default=20_000, ge=1, description="Posts in the demo stream.")
     demo_seed: int = Field(default=42, description="Seed of the demo stream.")
 
-    @field_validator("bucket", "session_gap", "allowed_lateness", "flush_interval", mode="before")
+    # -- X API v2 (--source x-filtered / x-sample) -----------------------------------------------
+    x_bearer_token: SecretStr | None = Field(
+        default=None,
+        validation_alias=AliasChoices(
+            "x_bearer_token", "HAPPYHASHTAGS_X_BEARER_TOKEN", "X_BEARER_TOKEN", "API_BEARER_TOKEN"
+        ),
+        description="App-only bearer token [env X_BEARER_TOKEN or API_BEARER_TOKEN].",
+    )
+    x_token_file: Path | None = Field(default=None, description="File holding the bearer token.")
+    x_api_base_url: str = Field(
+        default="https://api.x.com",
+        validation_alias=AliasChoices("x_api_base_url", "HAPPYHASHTAGS_X_API_BASE_URL", "X_API_BASE_URL"),
+        description="Base URL of the X API [env X_API_BASE_URL].",
+    )
+    x_tweet_fields: str = "created_at,author_id,entities,referenced_tweets,lang,note_tweet"
+    x_expansions: str = "author_id,referenced_tweets.id"
+    x_rules: tuple[XRule, ...] = Field(default=(), description="Filtered-stream rules for x-rules sync.")
+    x_rule_max_length: int = Field(default=512, ge=1, description="1024 on pay-per-use access.")
+    x_stall_timeout: float = Field(default=25.0, description="No data or keep-alive for this long: reconnect.")
+
+    # -- Bluesky Jetstream (--source bluesky) ----------------------------------------------------
+    bluesky_urls: Annotated[tuple[str, ...], NoDecode] = Field(
+        default=(
+            "wss://jetstream2.us-east.bsky.network/subscribe",
+            "wss://jetstream1.us-east.bsky.network/subscribe",
+        ),
+        validation_alias=AliasChoices(
+            "bluesky_urls", "HAPPYHASHTAGS_BLUESKY_URLS", "BLUESKY_JETSTREAM_URL"
+        ),
+        description="Jetstream URLs, tried in order for fail-over [env BLUESKY_JETSTREAM_URL].",
+    )
+    bluesky_compress: bool = Field(default=False, description="Ask Jetstream for zstd frames.")
+
+    # -- NATS JetStream queue (ingest / process / status) ----------------------------------------
+    queue: str | None = Field(default=None, description="nats://HOST:PORT/STREAM")
+    consumer: str = Field(default="happyhashtags", description="Durable consumer name of process.")
+    queue_replicas: int = Field(default=1, ge=1, le=5, description="Stream replicas (3 in production).")
+    queue_max_age: float = Field(default=7 * 86400.0, description="Stream retention (a duration).")
+    spool_dir: Path = Field(default=Path(".happyhashtags-spool"), description="Ingest's local journal.")
+    spool_max_bytes: int = Field(default=1 << 30, ge=1 << 20, description="Journal size cap.")
+
+    @field_validator(
+        "bucket",
+        "session_gap",
+        "allowed_lateness",
+        "flush_interval",
+        "x_stall_timeout",
+        "queue_max_age",
+        mode="before",
+    )
     @classmethod
     def _duration(cls, value: Any) -> float:
         return parse_duration(value)
@@ -79,7 +155,19 @@ class Settings(BaseSettings):
     @classmethod
     def _markers(cls, value: Any) -> Any:
         if isinstance(value, str):
-            return (value,)
+            if value.lstrip().startswith("["):
+                try:
+                    return tuple(json.loads(value))
+                except (ValueError, TypeError):
+                    raise ValueError("happy markers: not a valid JSON list") from None
+            return tuple(value.split())
+        return value
+
+    @field_validator("bluesky_urls", mode="before")
+    @classmethod
+    def _url_list(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return tuple(u.strip() for u in value.split(",") if u.strip())
         return value
 
     @property
@@ -176,6 +264,8 @@ def load_settings(
         loaded = _Loader()
     except ValidationError as exc:
         raise ConfigError(_describe(exc, origin=config_file)) from None
+    except SettingsError as exc:
+        raise ConfigError(f"invalid settings: {exc}") from None
     return settings_cls.model_validate(loaded.model_dump(), context=None)
 
 

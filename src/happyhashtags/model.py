@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import msgspec
 
-__all__ = ["DeadLetter", "Post", "Skipped"]
+__all__ = ["Checkpoint", "DeadLetter", "Post", "Skipped"]
 
 
 class Post(msgspec.Struct, frozen=True, gc=False):
@@ -45,3 +45,16 @@ class DeadLetter(msgspec.Struct, frozen=True, gc=False):
     reason: str
     detail: str
     raw: bytes
+
+
+class Checkpoint(msgspec.Struct, frozen=True):
+    """How far a resumable source's input has been counted, stored with the counts it covers.
+
+    Attributes:
+        position: a source-defined, increasing position (a JetStream sequence, a Jetstream
+            ``time_us`` cursor, ...): everything up to and including it is counted.
+        state: source-defined extra state to restore with it (JSON text), or None.
+    """
+
+    position: int
+    state: str | None = None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -10,10 +11,10 @@ from dataclasses import dataclass, field
 from types import FrameType
 
 from happyhashtags.aggregate import PostCounter
-from happyhashtags.errors import DecodeError
-from happyhashtags.formats import get_decoder
-from happyhashtags.model import DeadLetter, Skipped
-from happyhashtags.sources.base import Clock, Source
+from happyhashtags.errors import DecodeError, StorageError
+from happyhashtags.formats import Decoder, get_decoder
+from happyhashtags.model import Checkpoint, DeadLetter, Skipped
+from happyhashtags.sources.base import Batch, Clock, Resumable, Source
 from happyhashtags.storage.store import Store
 
 __all__ = ["LocalEngine", "RunSummary"]
@@ -32,6 +33,7 @@ class RunSummary:
     posts: int = 0
     counted: int = 0
     duplicates: int = 0
+    replayed: int = 0
     skipped: Counter[str] = field(default_factory=Counter)
     dead_letters: int = 0
     flushes: int = 0
@@ -46,8 +48,14 @@ class RunSummary:
 class LocalEngine:
     """Runs a source through a `PostCounter` into a `Store`, flushing every N posts or T seconds.
 
-    Stop it from a signal handler with `request_stop` (or install `handle_signal`): it stops reading,
-    flushes what it counted, and returns.
+    Each flush is one transaction holding the counts, the dead letters and, for a `Resumable`
+    source, its position. Stop the engine from a signal handler with `request_stop` (or install
+    `handle_signal`): it stops reading, flushes what it counted, and returns.
+
+    `write_retry` is how long (seconds) a failing write is retried with back-off before the run
+    fails; `float("inf")` waits for the database for ever (the queue consumer does). On a stop
+    request a resumable source's unwritten batch is abandoned (it will be read again); anything
+    else is retried until written or the budget is spent.
     """
 
     def __init__(
@@ -59,6 +67,7 @@ class LocalEngine:
         limit: int | None = None,
         flush_posts: int = 100_000,
         flush_interval: float = 5.0,
+        write_retry: float = 0.0,
         clock: Clock = time.monotonic,
         progress: ProgressCallback | None = None,
     ) -> None:
@@ -68,21 +77,29 @@ class LocalEngine:
         self.limit = limit
         self.flush_posts = flush_posts
         self.flush_interval = flush_interval
+        self.write_retry = write_retry
         self._clock = clock
         self._progress = progress
-        self._stop = False
+        self._stopping = threading.Event()
         self._waiting_for_source = False
         self._dead: list[DeadLetter] = []
+        self._resumable = source if isinstance(source, Resumable) else None
+        self._cursor: int | None = None
+        self._committed_cursor: int | None = None
         self.summary = RunSummary()
+
+    @property
+    def stopping(self) -> bool:
+        return self._stopping.is_set()
 
     def request_stop(self) -> None:
         """Stop after the current post; safe from a signal handler."""
-        self._stop = True
+        self._stopping.set()
         self.source.close()
 
     def handle_signal(self, signum: int, _frame: FrameType | None) -> None:
         """A signal handler (SIGINT, SIGTERM) that stops the run cleanly, with a flush."""
-        log.warning("signal %d: stopping; counts read so far will be written", signum)
+        log.warning("signal %d: stopping; what was counted so far will be written", signum)
         self.request_stop()
         if self._waiting_for_source:
             # Blocked in a read (a quiet pipe or stream): unblock it. Never raised mid-count.
@@ -92,12 +109,15 @@ class LocalEngine:
         """Read the source to its end (or the limit, or a stop), flushing as configured."""
         summary = self.summary
         decode = get_decoder(self.source.format)
-        counter = self.counter
+        if self._resumable is not None:
+            checkpoint = self.store.read_position(self._resumable.consumer)
+            self._cursor = self._committed_cursor = checkpoint.position if checkpoint else None
+            self._resumable.resume(checkpoint)
         started = last_flush = self._clock()
         flushed_posts = 0
         batches = self.source.batches()
         try:
-            while not self._stop:
+            while not self.stopping:
                 self._waiting_for_source = True
                 try:
                     batch = next(batches, None)
@@ -105,29 +125,7 @@ class LocalEngine:
                     self._waiting_for_source = False
                 if batch is None:
                     break
-                for offset, raw in enumerate(batch.lines):
-                    summary.lines += 1
-                    line = raw.strip()
-                    if not line:
-                        summary.skipped["blank"] += 1
-                        continue
-                    try:
-                        item = decode(line, batch.received_at)
-                    except DecodeError as exc:
-                        summary.skipped[exc.reason] += 1
-                        where = f"{batch.origin}:{batch.first_line + offset}" if batch.first_line else batch.origin
-                        self._dead.append(
-                            DeadLetter(batch.received_at, where, exc.reason, exc.detail, line)
-                        )
-                        continue
-                    if isinstance(item, Skipped):
-                        summary.skipped[item.reason] += 1
-                        continue
-                    counter.add(item)
-                    summary.posts += 1
-                    if self.limit is not None and summary.posts >= self.limit:
-                        self._stop = True
-                        break
+                self._process(batch, decode)
                 if self._progress is not None:
                     self._progress(summary.lines, summary.posts)
                 now = self._clock()
@@ -143,17 +141,79 @@ class LocalEngine:
             self.source.close()
             self.flush()
             summary.elapsed = self._clock() - started
-            stats = counter.stats
-            summary.counted = stats.counted
-            summary.duplicates = stats.duplicates
+            summary.counted = self.counter.stats.counted
+            summary.duplicates = self.counter.stats.duplicates
         return summary
 
+    def _process(self, batch: Batch, decode: Decoder) -> None:
+        summary, counter, limit = self.summary, self.counter, self.limit
+        count = counter.replay if batch.replay else counter.add
+        done = 0
+        for raw in batch.lines:
+            done += 1
+            summary.lines += 1
+            line = raw.strip()
+            if not line:
+                summary.skipped["blank"] += 1
+                continue
+            try:
+                item = decode(line, batch.received_at)
+            except DecodeError as exc:
+                summary.skipped[exc.reason] += 1
+                if not batch.replay:
+                    where = batch.origin
+                    if batch.first_line:
+                        where = f"{where}:{batch.first_line + done - 1}"
+                    self._dead.append(
+                        DeadLetter(batch.received_at, where, exc.reason, exc.detail, line)
+                    )
+                continue
+            if isinstance(item, Skipped):
+                summary.skipped[item.reason] += 1
+                continue
+            count(item)
+            if batch.replay:
+                summary.replayed += 1
+                continue
+            summary.posts += 1
+            if limit is not None and summary.posts >= limit:
+                self._stopping.set()
+                break
+        if batch.cursors is not None and done:
+            self._cursor = batch.cursors[done - 1]
+
     def flush(self) -> None:
-        """Write the pending counts and dead letters in one transaction."""
+        """Write pending counts, dead letters and the source position in one transaction."""
         counts = self.counter.drain()
         dead, self._dead = self._dead, []
-        if counts or dead:
-            self.store.write(counts, dead)
-            self.summary.dead_letters += len(dead)
-            self.summary.flushes += 1
-            log.debug("flushed %d cells, %d dead letters", len(counts), len(dead))
+        positions: dict[str, Checkpoint] = {}
+        source, cursor = self._resumable, self._cursor
+        if source is not None and cursor is not None and cursor != self._committed_cursor:
+            positions[source.consumer] = Checkpoint(cursor, source.checkpoint_state(cursor))
+        if not (counts or dead or positions):
+            return
+        delay, deadline = 0.5, self._clock() + self.write_retry
+        while True:
+            try:
+                self.store.write(counts, dead, positions=positions)
+                break
+            except StorageError as exc:
+                if source is not None and self.stopping:
+                    log.warning("stopping with the last batch unwritten (%s); it will be read again", exc)
+                    return
+                if self._clock() + delay > deadline:
+                    self.counter.restore(counts)
+                    self._dead[:0] = dead
+                    raise
+                log.warning("%s; retrying in %.1f s", exc, delay)
+                self._stopping.wait(delay) if source is None else self._wait(delay)
+                delay = min(delay * 2, 30.0)
+        self.summary.dead_letters += len(dead)
+        self.summary.flushes += 1
+        if positions and source is not None and cursor is not None:
+            self._committed_cursor = cursor
+            source.committed(cursor)
+        log.debug("flushed %d cells, %d dead letters", len(counts), len(dead))
+
+    def _wait(self, seconds: float) -> None:
+        self._stopping.wait(seconds)

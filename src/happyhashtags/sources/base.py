@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import NamedTuple, Protocol, runtime_checkable
 
-__all__ = ["Batch", "Clock", "Source"]
+from happyhashtags.model import Checkpoint
+
+__all__ = ["Batch", "Clock", "Resumable", "Source"]
 
 Clock = Callable[[], float]
 """Returns seconds since the epoch (UTC). Injected so tests control time."""
@@ -23,12 +25,18 @@ class Batch(NamedTuple):
             whose payload has none.
         origin: where they came from, for dead letters and logs (a file name, "stdin", a URL).
         first_line: the line number of ``lines[0]`` within `origin` (1-based), or 0 if unknown.
+        cursors: for a resumable source, the position of each line (same length as `lines`).
+        replay: the lines were counted before and are sent again only to rebuild state (for
+            example anti-spam sessions after a restart): the engine feeds them to the counter
+            without counting them.
     """
 
     lines: list[bytes]
     received_at: float
     origin: str
     first_line: int = 0
+    cursors: Sequence[int] | None = None
+    replay: bool = False
 
 
 @runtime_checkable
@@ -50,3 +58,23 @@ class Source(Protocol):
     def close(self) -> None:
         """Stop reading; `batches` returns soon after. Safe to call twice, from a signal handler."""
         ...
+
+
+@runtime_checkable
+class Resumable(Protocol):
+    """A source that can resume where the counts in the database end.
+
+    The engine calls `resume` with the checkpoint last committed for `consumer` (None on the
+    first run) before reading; at each flush it stores ``Checkpoint(position, state)`` in the
+    same transaction as the counts, where `position` is the cursor of the last line counted and
+    `state` is what `checkpoint_state` returns for it; after the commit it calls `committed`
+    (where, say, a queue consumer acknowledges messages).
+    """
+
+    consumer: str
+
+    def resume(self, checkpoint: Checkpoint | None) -> None: ...
+
+    def checkpoint_state(self, position: int) -> str | None: ...
+
+    def committed(self, position: int) -> None: ...

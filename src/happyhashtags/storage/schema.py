@@ -8,7 +8,13 @@ from __future__ import annotations
 from sqlalchemy import BigInteger, Column, DateTime, Integer, MetaData, Table, Text
 from sqlalchemy.dialects import sqlite
 
-__all__ = ["dead_letters", "hashtag_counts", "metadata", "pipeline_settings"]
+__all__ = [
+    "consumer_positions",
+    "dead_letters",
+    "hashtag_counts",
+    "metadata",
+    "pipeline_settings",
+]
 
 # SQLite keeps times as text; whole seconds in ISO form are what BI tools parse best.
 _SQLITE_TIME = sqlite.DATETIME(
@@ -46,4 +52,13 @@ pipeline_settings = Table(
     metadata,
     Column("key", Text, primary_key=True),
     Column("value", Text, nullable=False),
+)
+
+consumer_positions = Table(
+    "consumer_positions",
+    metadata,
+    Column("consumer", Text, primary_key=True),
+    Column("position", BigInteger, nullable=False),
+    Column("state", Text, nullable=True),
+    Column("updated_at", UtcTimestamp, nullable=False),
 )

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -18,8 +18,13 @@ from sqlalchemy.engine import URL, Connection, Engine, make_url
 
 from happyhashtags.aggregate import Counts
 from happyhashtags.errors import ConfigError, MissingExtraError, StorageError
-from happyhashtags.model import DeadLetter
-from happyhashtags.storage.schema import dead_letters, hashtag_counts, pipeline_settings
+from happyhashtags.model import Checkpoint, DeadLetter
+from happyhashtags.storage.schema import (
+    consumer_positions,
+    dead_letters,
+    hashtag_counts,
+    pipeline_settings,
+)
 
 __all__ = ["RAW_CAP", "Store", "TopRow", "database_url_for_display", "normalize_url"]
 
@@ -243,17 +248,65 @@ class Store:
         counts: Counts,
         dead: Sequence[DeadLetter] = (),
         *,
-        connection: Connection | None = None,
+        positions: Mapping[str, Checkpoint] | None = None,
     ) -> None:
-        """Add `counts` to the stored counts and store `dead` letters, in one transaction.
+        """Add `counts`, store `dead` letters and record consumer `positions`, in one transaction.
 
-        Pass `connection` (inside its own transaction) to write as part of a larger transaction.
+        Either all of it is committed or none: a consumer that resumes after its recorded
+        position therefore counts every input exactly once.
+
+        Raises:
+            StorageError: the database could not be reached or the transaction failed; nothing
+                was written, so the caller may retry with the same arguments.
         """
-        if connection is not None:
-            self._write(connection, counts, dead)
-            return
-        with self._connect() as own, own.begin():
-            self._write(own, counts, dead)
+        try:
+            with self._connect() as connection, connection.begin():
+                self._write(connection, counts, dead)
+                for consumer, checkpoint in (positions or {}).items():
+                    self._write_position(connection, consumer, checkpoint)
+        except sa.exc.OperationalError as exc:
+            raise StorageError(
+                f"writing to {database_url_for_display(self.url)} failed: {_first_line(exc.orig)}"
+            ) from None
+        except sa.exc.DBAPIError as exc:
+            if exc.connection_invalidated:
+                raise StorageError(
+                    f"lost the connection to {database_url_for_display(self.url)}: "
+                    f"{_first_line(exc.orig)}"
+                ) from None
+            raise
+
+    def _write_position(self, connection: Connection, consumer: str, cp: Checkpoint) -> None:
+        now = datetime.now(UTC).replace(tzinfo=None)
+        values = {"consumer": consumer, "position": cp.position, "state": cp.state, "updated_at": now}
+        insert = self._insert(consumer_positions)
+        connection.execute(
+            insert.on_conflict_do_update(
+                index_elements=[consumer_positions.c.consumer],
+                set_={"position": insert.excluded.position, "state": insert.excluded.state,
+                      "updated_at": insert.excluded.updated_at},
+            ),
+            values,
+        )
+
+    def read_position(self, consumer: str) -> Checkpoint | None:
+        """The position last committed for `consumer`, or None."""
+        with self._connect() as connection:
+            row = connection.execute(
+                sa.select(consumer_positions.c.position, consumer_positions.c.state).where(
+                    consumer_positions.c.consumer == consumer
+                )
+            ).first()
+        return None if row is None else Checkpoint(int(row.position), row.state)
+
+    def positions(self) -> dict[str, tuple[Checkpoint, datetime]]:
+        """Every consumer's position and when it was last updated (aware UTC)."""
+        with self._connect() as connection:
+            rows = connection.execute(sa.select(consumer_positions)).all()
+        return {
+            r.consumer: (Checkpoint(int(r.position), r.state), r.updated_at.replace(tzinfo=UTC))
+            for r in rows
+        }
 
     def _write(self, connection: Connection, counts: Counts, dead: Sequence[DeadLetter]) -> None:
         if counts:
@@ -266,12 +319,15 @@ class Store:
         if dead:
             connection.execute(dead_letters.insert(), [_dead_row(d) for d in dead])
 
-    def _upsert(self) -> Any:
+    def _insert(self, table: sa.Table) -> Any:
         if self.dialect == "postgresql":
             from sqlalchemy.dialects.postgresql import insert
         else:
             from sqlalchemy.dialects.sqlite import insert
-        stmt = insert(hashtag_counts)
+        return insert(table)
+
+    def _upsert(self) -> Any:
+        stmt = self._insert(hashtag_counts)
         return stmt.on_conflict_do_update(
             index_elements=[hashtag_counts.c.bucket_start, hashtag_counts.c.hashtag],
             set_={
