@@ -49,12 +49,25 @@ class _Group(click.Group):
             ctx.exit(1)
 
 
-def _settings(ctx: click.Context, **flags: Any) -> Settings:
+def settings_from_context(ctx: click.Context, **flags: Any) -> Settings:
+    """Settings from a command's flags (None = not given), the environment and --config."""
     root = ctx.find_root().params
     config_file = flags.pop("config", None) or root.get("config")
     if config_file is None and os.environ.get("HAPPYHASHTAGS_CONFIG"):
         config_file = Path(os.environ["HAPPYHASHTAGS_CONFIG"])
     return load_settings(flags, config_file=config_file, environ=os.environ)
+
+
+def counter_from_settings(settings: Settings) -> PostCounter:
+    """The counting rules the settings ask for."""
+    return PostCounter(
+        bucket_seconds=settings.bucket_seconds,
+        happy=HappyMatcher(settings.happy),
+        session_gap=settings.session_gap,
+        count_retweets=settings.retweets,
+        dedupe_capacity=settings.dedupe_ids,
+        allowed_lateness=settings.allowed_lateness,
+    )
 
 
 def _setup_logging(level: str) -> None:
@@ -121,21 +134,14 @@ def run(ctx: click.Context, auto_migrate: bool, top_n: int, **flags: Any) -> Non
       zcat posts.jsonl.gz | happyhashtags run -s - --happy ':)' --happy 😊
     """
     flags["happy"] = flags["happy"] or None
-    settings = _settings(ctx, **flags)
+    settings = settings_from_context(ctx, **flags)
     store = Store(url=settings.database_url.get_secret_value())
     if auto_migrate:
         store.migrate()
     store.ensure_ready()
     store.check_setting("bucket", format_duration(settings.bucket))
     source = open_source(settings)
-    counter = PostCounter(
-        bucket_seconds=settings.bucket_seconds,
-        happy=HappyMatcher(settings.happy),
-        session_gap=settings.session_gap,
-        count_retweets=settings.retweets,
-        dedupe_capacity=settings.dedupe_ids,
-        allowed_lateness=settings.allowed_lateness,
-    )
+    counter = counter_from_settings(settings)
     log.info(
         "reading %s into %s (bucket %s, sessions %s)",
         source.name,
@@ -144,7 +150,7 @@ def run(ctx: click.Context, auto_migrate: bool, top_n: int, **flags: Any) -> Non
         format_duration(settings.session_gap) if settings.session_gap else "off",
     )
     total = min(filter(None, (source.total, settings.limit)), default=None)
-    with _progress(total) as progress:
+    with progress_display(total) as progress:
         engine = LocalEngine(
             source=source,
             counter=counter,
@@ -154,16 +160,16 @@ def run(ctx: click.Context, auto_migrate: bool, top_n: int, **flags: Any) -> Non
             flush_interval=settings.flush_interval,
             progress=progress,
         )
-        with _signals(engine.handle_signal):
+        with stop_on_signals(engine.handle_signal):
             summary = engine.run()
-    _print_summary(summary)
+    print_summary(summary)
     if top_n > 0:
-        _print_top(store.top(limit=top_n), "table", title="Happiest hashtags")
+        print_top(store.top(limit=top_n), "table", title="Happiest hashtags")
     store.close()
 
 
 @contextmanager
-def _progress(total: int | None) -> Iterator[Callable[[int, int], None]]:
+def progress_display(total: int | None) -> Iterator[Callable[[int, int], None]]:
     columns: list[Any] = [TextColumn("[bold]counting"), BarColumn(), MofNCompleteColumn()]
     if total is None:
         columns = [TextColumn("[bold]counting"), TextColumn("{task.completed:,} posts")]
@@ -182,7 +188,7 @@ def _progress(total: int | None) -> Iterator[Callable[[int, int], None]]:
 
 
 @contextmanager
-def _signals(handler: Callable[[int, Any], None]) -> Iterator[None]:
+def stop_on_signals(handler: Callable[[int, Any], None]) -> Iterator[None]:
     previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
         yield
@@ -191,7 +197,7 @@ def _signals(handler: Callable[[int, Any], None]) -> Iterator[None]:
             signal.signal(sig, old)
 
 
-def _print_summary(summary: RunSummary) -> None:
+def print_summary(summary: RunSummary) -> None:
     skipped = ", ".join(f"{reason} {n:,}" for reason, n in summary.skipped.most_common()) or "none"
     note = " (interrupted)" if summary.interrupted else ""
     click.echo(
@@ -202,7 +208,7 @@ def _print_summary(summary: RunSummary) -> None:
     )
 
 
-def _print_top(rows: list[TopRow], fmt: str, *, title: str | None = None) -> None:
+def print_top(rows: list[TopRow], fmt: str, *, title: str | None = None) -> None:
     fields = ["rank", "hashtag", "happy_tweets", "tweets", "happy_ratio", "happy_score"]
     if fmt == "json":
         click.echo(json.dumps([{f: getattr(r, f) for f in fields} for r in rows], ensure_ascii=False))
@@ -243,7 +249,7 @@ def _print_top(rows: list[TopRow], fmt: str, *, title: str | None = None) -> Non
 def top(ctx: click.Context, since: str | None, until: str | None, limit: int, rank: str,
         min_tweets: int, fmt: str, **flags: Any) -> None:
     """The happiest hashtags over a time range."""
-    settings = _settings(ctx, **flags)
+    settings = settings_from_context(ctx, **flags)
     with Store(url=settings.database_url.get_secret_value()) as store:
         store.ensure_ready()
         rows = store.top(
@@ -253,7 +259,7 @@ def top(ctx: click.Context, since: str | None, until: str | None, limit: int, ra
             rank="ratio" if rank == "ratio" else "happy",
             min_tweets=min_tweets,
         )
-    _print_top(rows, fmt)
+    print_top(rows, fmt)
 
 
 @cli.command()
@@ -265,7 +271,7 @@ def top(ctx: click.Context, since: str | None, until: str | None, limit: int, ra
 @click.pass_context
 def migrate(ctx: click.Context, downgrade: str | None, revision: str, **flags: Any) -> None:
     """Create or upgrade the database schema (Alembic)."""
-    settings = _settings(ctx, **flags)
+    settings = settings_from_context(ctx, **flags)
     with Store(url=settings.database_url.get_secret_value()) as store:
         before = store.current_revision()
         if downgrade:
@@ -278,6 +284,23 @@ def migrate(ctx: click.Context, downgrade: str | None, revision: str, **flags: A
         click.echo(f"{where}: already at {after or 'base'}")
     else:
         click.echo(f"{where}: migrated {before or 'base'} -> {after or 'base'}")
+
+
+def _register_plugin_commands() -> None:
+    # Each module in happyhashtags.commands adds commands by listing them in COMMANDS, so a new
+    # connector's commands need no edit here. Imported last: they may use this module's helpers.
+    import importlib
+    import pkgutil
+
+    from happyhashtags import commands
+
+    for info in sorted(pkgutil.iter_modules(commands.__path__), key=lambda m: m.name):
+        module = importlib.import_module(f"{commands.__name__}.{info.name}")
+        for command in getattr(module, "COMMANDS", ()):
+            cli.add_command(command)
+
+
+_register_plugin_commands()
 
 
 def main() -> None:

@@ -34,6 +34,9 @@ SourceFactory = Callable[["Settings", str], Source]
 _REGISTRY: dict[str, str] = {
     "demo": "happyhashtags.sources.demo:from_settings",
     "-": "happyhashtags.sources.files:stdin_from_settings",
+    "x-filtered": "happyhashtags.sources.x_api:filtered_from_settings",
+    "x-sample": "happyhashtags.sources.x_api:sample_from_settings",
+    "bluesky": "happyhashtags.sources.bluesky:from_settings",
 }
 
 
