@@ -23,6 +23,7 @@ from happyhashtags import __version__
 from happyhashtags.aggregate import PostCounter
 from happyhashtags.config import Settings, load_settings
 from happyhashtags.engines.local import LocalEngine, RunSummary
+from happyhashtags.engines.parallel import ParallelEngine
 from happyhashtags.errors import ConfigError, HappyHashtagsError
 from happyhashtags.happy import HappyMatcher
 from happyhashtags.sources import open_source, source_names
@@ -107,24 +108,49 @@ def cli(log_level: str) -> None:
 
 
 @cli.command()
-@click.option("--source", "-s", metavar="SRC", help=f"What to read: {', '.join(source_names())}, "
-              "a path or glob of JSON Lines files (.gz/.bz2/.xz/.zst), or - for stdin [default: demo].")
+@click.option(
+    "--source",
+    "-s",
+    metavar="SRC",
+    help=f"What to read: {', '.join(source_names())}, "
+    "a path or glob of JSON Lines files (.gz/.bz2/.xz/.zst), or - for stdin [default: demo].",
+)
 @database_option
-@click.option("--happy", multiple=True, metavar="MARKER",
-              help="A happy marker (repeatable; replaces the default ':)'). Emoji match whole emoji.")
+@click.option(
+    "--happy",
+    multiple=True,
+    metavar="MARKER",
+    help="A happy marker (repeatable; replaces the default ':)'). Emoji match whole emoji.",
+)
 @click.option("--bucket", metavar="DURATION", help="Bucket size, e.g. 1h, 15m, 1d [default: 1h].")
-@click.option("--session-gap", metavar="DURATION",
-              help="Anti-spam session gap; 0 turns sessions off [default: 30m].")
+@click.option(
+    "--session-gap",
+    metavar="DURATION",
+    help="Anti-spam session gap; 0 turns sessions off [default: 30m].",
+)
 @click.option("--limit", type=int, metavar="N", help="Stop after N posts.")
 @click.option("--retweets/--no-retweets", default=None, help="Count retweets [default: yes].")
 @click.option("--flush-posts", type=int, metavar="N", help="Write counts every N posts [100000].")
 @click.option("--flush-interval", metavar="DURATION", help="... or every DURATION [default: 5s].")
+@click.option(
+    "--workers",
+    type=click.IntRange(min=1),
+    metavar="N",
+    help="Counting processes; posts are spread by author, so counts are the same [1].",
+)
 @click.option("--migrate", "auto_migrate", is_flag=True, help="Migrate the database first.")
-@click.option("--top", "top_n", type=int, default=10, show_default=True, metavar="N",
-              help="Print the N happiest hashtags at the end (0: none).")
+@click.option(
+    "--top",
+    "top_n",
+    type=int,
+    default=10,
+    show_default=True,
+    metavar="N",
+    help="Print the N happiest hashtags at the end (0: none).",
+)
 @config_option
 @click.pass_context
-def run(ctx: click.Context, auto_migrate: bool, top_n: int, **flags: Any) -> None:
+def run(ctx: click.Context, /, auto_migrate: bool, top_n: int, **flags: Any) -> None:
     """Read a stream, count happy hashtags, write the counts: all in one process.
 
     \b
@@ -151,15 +177,29 @@ def run(ctx: click.Context, auto_migrate: bool, top_n: int, **flags: Any) -> Non
     )
     total = min(filter(None, (source.total, settings.limit)), default=None)
     with progress_display(total) as progress:
-        engine = LocalEngine(
-            source=source,
-            counter=counter,
-            store=store,
-            limit=settings.limit,
-            flush_posts=settings.flush_posts,
-            flush_interval=settings.flush_interval,
-            progress=progress,
-        )
+        engine: LocalEngine | ParallelEngine
+        if settings.workers > 1:
+            if settings.limit is not None:
+                raise ConfigError("--limit counts posts in one process: use it with --workers 1")
+            engine = ParallelEngine(
+                source=source,
+                counter=counter,
+                store=store,
+                workers=settings.workers,
+                flush_posts=settings.flush_posts,
+                flush_interval=settings.flush_interval,
+                progress=progress,
+            )
+        else:
+            engine = LocalEngine(
+                source=source,
+                counter=counter,
+                store=store,
+                limit=settings.limit,
+                flush_posts=settings.flush_posts,
+                flush_interval=settings.flush_interval,
+                progress=progress,
+            )
         with stop_on_signals(engine.handle_signal):
             summary = engine.run()
     print_summary(summary)
@@ -211,22 +251,44 @@ def print_summary(summary: RunSummary) -> None:
 def print_top(rows: list[TopRow], fmt: str, *, title: str | None = None) -> None:
     fields = ["rank", "hashtag", "happy_tweets", "tweets", "happy_ratio", "happy_score"]
     if fmt == "json":
-        click.echo(json.dumps([{f: getattr(r, f) for f in fields} for r in rows], ensure_ascii=False))
+        click.echo(
+            json.dumps([{f: getattr(r, f) for f in fields} for r in rows], ensure_ascii=False)
+        )
         return
     if fmt == "csv":
         writer = csv.writer(sys.stdout, lineterminator="\n")
         writer.writerow(fields)
         for r in rows:
-            writer.writerow([r.rank, r.hashtag, r.happy_tweets, r.tweets,
-                             f"{r.happy_ratio:.6f}", f"{r.happy_score:.6f}"])
+            writer.writerow(
+                [
+                    r.rank,
+                    r.hashtag,
+                    r.happy_tweets,
+                    r.tweets,
+                    f"{r.happy_ratio:.6f}",
+                    f"{r.happy_score:.6f}",
+                ]
+            )
         return
     table = Table(title=title)
-    for name, justify in [("#", "right"), ("hashtag", "left"), ("happy posts", "right"),
-                          ("posts", "right"), ("happy %", "right"), ("score", "right")]:
+    for name, justify in [
+        ("#", "right"),
+        ("hashtag", "left"),
+        ("happy posts", "right"),
+        ("posts", "right"),
+        ("happy %", "right"),
+        ("score", "right"),
+    ]:
         table.add_column(name, justify=justify)  # type: ignore[arg-type]
     for r in rows:
-        table.add_row(str(r.rank), "#" + r.hashtag, f"{r.happy_tweets:,}", f"{r.tweets:,}",
-                      f"{100 * r.happy_ratio:.1f}", f"{r.happy_score:.3f}")
+        table.add_row(
+            str(r.rank),
+            "#" + r.hashtag,
+            f"{r.happy_tweets:,}",
+            f"{r.tweets:,}",
+            f"{100 * r.happy_ratio:.1f}",
+            f"{r.happy_score:.3f}",
+        )
     if not rows:
         click.echo("no hashtags counted in that range yet")
         return
@@ -238,16 +300,40 @@ def print_top(rows: list[TopRow], fmt: str, *, title: str | None = None) -> None
 @click.option("--since", metavar="T", help="Buckets starting at or after T (ISO 8601, UTC).")
 @click.option("--until", metavar="T", help="Buckets starting before T (ISO 8601, UTC).")
 @click.option("--limit", type=click.IntRange(min=1), default=10, show_default=True)
-@click.option("--rank", type=click.Choice(["happy", "ratio"]), default="happy", show_default=True,
-              help="happy: most happy posts; ratio: highest Wilson lower bound of the happy share.")
-@click.option("--min-tweets", type=click.IntRange(min=1), default=1, show_default=True,
-              help="Leave out hashtags with fewer posts in the range.")
-@click.option("--format", "fmt", type=click.Choice(["table", "json", "csv"]), default="table",
-              show_default=True)
+@click.option(
+    "--rank",
+    type=click.Choice(["happy", "ratio"]),
+    default="happy",
+    show_default=True,
+    help="happy: most happy posts; ratio: highest Wilson lower bound of the happy share.",
+)
+@click.option(
+    "--min-tweets",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="Leave out hashtags with fewer posts in the range.",
+)
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["table", "json", "csv"]),
+    default="table",
+    show_default=True,
+)
 @config_option
 @click.pass_context
-def top(ctx: click.Context, since: str | None, until: str | None, limit: int, rank: str,
-        min_tweets: int, fmt: str, **flags: Any) -> None:
+def top(
+    ctx: click.Context,
+    /,
+    since: str | None,
+    until: str | None,
+    limit: int,
+    rank: str,
+    min_tweets: int,
+    fmt: str,
+    **flags: Any,
+) -> None:
     """The happiest hashtags over a time range."""
     settings = settings_from_context(ctx, **flags)
     with Store(url=settings.database_url.get_secret_value()) as store:
@@ -265,11 +351,12 @@ def top(ctx: click.Context, since: str | None, until: str | None, limit: int, ra
 @cli.command()
 @database_option
 @click.option("--downgrade", metavar="REV", help="Downgrade to REV instead ('base' drops all).")
-@click.option("--revision", default="head", show_default=True, metavar="REV",
-              help="Upgrade to REV.")
+@click.option(
+    "--revision", default="head", show_default=True, metavar="REV", help="Upgrade to REV."
+)
 @config_option
 @click.pass_context
-def migrate(ctx: click.Context, downgrade: str | None, revision: str, **flags: Any) -> None:
+def migrate(ctx: click.Context, /, downgrade: str | None, revision: str, **flags: Any) -> None:
     """Create or upgrade the database schema (Alembic)."""
     settings = settings_from_context(ctx, **flags)
     with Store(url=settings.database_url.get_secret_value()) as store:

@@ -4,8 +4,8 @@ Only the CLI builds `Settings` from the environment; the library's constructors 
 keyword arguments.
 
 The database URL is taken from, in order: ``--database``, ``HAPPYHASHTAGS_DATABASE_URL``, the
-``POSTGRES_USER``/``POSTGRES_PASSWORD``/``POSTGRES_DB``/``POSTGRES_HOST``/``POSTGRES_PORT`` variables
-(the seed project's), the config file's ``database_url``, and the default
+seed project's ``POSTGRES_USER``/``POSTGRES_PASSWORD``/``POSTGRES_DB``/``POSTGRES_HOST``/
+``POSTGRES_PORT`` variables, the config file's ``database_url``, and the default
 ``sqlite:///happyhashtags.db``.
 """
 
@@ -32,8 +32,8 @@ from pydantic_settings import (
     InitSettingsSource,
     NoDecode,
     PydanticBaseSettingsSource,
-    SettingsError,
     SettingsConfigDict,
+    SettingsError,
 )
 from sqlalchemy.engine import URL
 
@@ -84,6 +84,9 @@ class Settings(BaseSettings):
     )
     retweets: bool = Field(default=True, description="Count retweets as posts of the retweeter.")
     limit: int | None = Field(default=None, ge=1, description="Stop after this many posts.")
+    workers: int = Field(
+        default=1, ge=1, description="Counting processes (posts spread by author)."
+    )
     flush_posts: int = Field(default=100_000, ge=1, description="Flush counts every N posts...")
     flush_interval: float = Field(default=5.0, description="... or every T seconds.")
     dedupe_ids: int = Field(default=1_000_000, ge=0, description="Recent post ids remembered.")
@@ -101,14 +104,20 @@ class Settings(BaseSettings):
     x_token_file: Path | None = Field(default=None, description="File holding the bearer token.")
     x_api_base_url: str = Field(
         default="https://api.x.com",
-        validation_alias=AliasChoices("x_api_base_url", "HAPPYHASHTAGS_X_API_BASE_URL", "X_API_BASE_URL"),
+        validation_alias=AliasChoices(
+            "x_api_base_url", "HAPPYHASHTAGS_X_API_BASE_URL", "X_API_BASE_URL"
+        ),
         description="Base URL of the X API [env X_API_BASE_URL].",
     )
     x_tweet_fields: str = "created_at,author_id,entities,referenced_tweets,lang,note_tweet"
     x_expansions: str = "author_id,referenced_tweets.id"
-    x_rules: tuple[XRule, ...] = Field(default=(), description="Filtered-stream rules for x-rules sync.")
+    x_rules: tuple[XRule, ...] = Field(
+        default=(), description="Filtered-stream rules for x-rules sync."
+    )
     x_rule_max_length: int = Field(default=512, ge=1, description="1024 on pay-per-use access.")
-    x_stall_timeout: float = Field(default=25.0, description="No data or keep-alive for this long: reconnect.")
+    x_stall_timeout: float = Field(
+        default=25.0, description="No data or keep-alive for this long: reconnect."
+    )
 
     # -- Bluesky Jetstream (--source bluesky) ----------------------------------------------------
     bluesky_urls: Annotated[tuple[str, ...], NoDecode] = Field(
@@ -126,9 +135,13 @@ class Settings(BaseSettings):
     # -- NATS JetStream queue (ingest / process / status) ----------------------------------------
     queue: str | None = Field(default=None, description="nats://HOST:PORT/STREAM")
     consumer: str = Field(default="happyhashtags", description="Durable consumer name of process.")
-    queue_replicas: int = Field(default=1, ge=1, le=5, description="Stream replicas (3 in production).")
+    queue_replicas: int = Field(
+        default=1, ge=1, le=5, description="Stream replicas (3 in production)."
+    )
     queue_max_age: float = Field(default=7 * 86400.0, description="Stream retention (a duration).")
-    spool_dir: Path = Field(default=Path(".happyhashtags-spool"), description="Ingest's local journal.")
+    spool_dir: Path = Field(
+        default=Path(".happyhashtags-spool"), description="Ingest's local journal."
+    )
     spool_max_bytes: int = Field(default=1 << 30, ge=1 << 20, description="Journal size cap.")
 
     @field_validator(
@@ -192,7 +205,13 @@ class _PostgresEnvSource(InitSettingsSource):
     """``database_url`` from the seed project's POSTGRES_* variables."""
 
     def __init__(self, settings_cls: type[BaseSettings], environ: Mapping[str, str]) -> None:
-        keys = ("POSTGRES_USER", "POSTGRES_PASSWORD", "POSTGRES_DB", "POSTGRES_HOST", "POSTGRES_PORT")
+        keys = (
+            "POSTGRES_USER",
+            "POSTGRES_PASSWORD",
+            "POSTGRES_DB",
+            "POSTGRES_HOST",
+            "POSTGRES_PORT",
+        )
         values: dict[str, Any] = {}
         if any(environ.get(k) for k in keys):
             port = environ.get("POSTGRES_PORT") or "5432"
@@ -237,7 +256,7 @@ def load_settings(
     Raises:
         ConfigError: a value is invalid; the message names the setting and never shows a secret.
     """
-    environ = dict(environ or {})
+    env_vars: dict[str, str] = dict(environ or {})
     init = {k: v for k, v in (flags or {}).items() if v is not None and v != ()}
     file_values = _read_config_file(config_file) if config_file is not None else {}
 
@@ -252,11 +271,11 @@ def load_settings(
             file_secret_settings: PydanticBaseSettingsSource,
         ) -> tuple[PydanticBaseSettingsSource, ...]:
             env = EnvSettingsSource(settings_cls, env_prefix=ENV_PREFIX, case_sensitive=False)
-            env.env_vars = {k.lower(): v for k, v in environ.items()}
+            env.env_vars = {k.lower(): v for k, v in env_vars.items()}
             return (
                 InitSettingsSource(settings_cls, init),
                 env,
-                _PostgresEnvSource(settings_cls, environ),
+                _PostgresEnvSource(settings_cls, env_vars),
                 InitSettingsSource(settings_cls, file_values),
             )
 

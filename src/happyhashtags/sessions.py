@@ -8,7 +8,12 @@ that starts a new session. Within a session an (author, hashtag) pair adds at mo
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Sequence
+
 __all__ = ["SessionTracker"]
+
+log = logging.getLogger(__name__)
 
 
 class _Session:
@@ -36,16 +41,30 @@ class SessionTracker:
     []
     """
 
-    __slots__ = ("_admitted", "_sessions", "allowed_lateness", "expire_every", "gap", "watermark")
+    __slots__ = (
+        "_admitted",
+        "_sessions",
+        "allowed_lateness",
+        "expire_every",
+        "gap",
+        "max_sessions",
+        "watermark",
+    )
 
     def __init__(
-        self, *, gap: float, allowed_lateness: float = 3600.0, expire_every: int = 65536
+        self,
+        *,
+        gap: float,
+        allowed_lateness: float = 3600.0,
+        expire_every: int = 65536,
+        max_sessions: int = 2_000_000,
     ) -> None:
         if gap <= 0:
             raise ValueError("a session gap must be positive (0 means: use no SessionTracker)")
         self.gap = gap
         self.allowed_lateness = allowed_lateness
         self.expire_every = expire_every
+        self.max_sessions = max_sessions
         self.watermark = float("-inf")
         self._sessions: dict[str, _Session] = {}
         self._admitted = 0
@@ -54,7 +73,7 @@ class SessionTracker:
         return len(self._sessions)
 
     def admit(
-        self, author: str, event_time: float, keys: list[str], *, happy: bool
+        self, author: str, event_time: float, keys: Sequence[str], *, happy: bool
     ) -> list[tuple[str, int, int]]:
         """Record a post; return ``(key, add_to_tweets, add_to_happy)`` for the keys that count."""
         session = self._sessions.get(author)
@@ -67,6 +86,8 @@ class SessionTracker:
         self._admitted += 1
         if self._admitted >= self.expire_every:
             self.expire()
+        if not keys:
+            return []
         out: list[tuple[str, int, int]] = []
         seen, happy_seen = session.seen, session.happy
         for key in keys:
@@ -81,10 +102,29 @@ class SessionTracker:
         return out
 
     def expire(self) -> int:
-        """Drop sessions that no post within the allowed lateness can extend; return how many."""
+        """Drop sessions that no post within the allowed lateness can extend; return how many.
+
+        Past `max_sessions` live sessions (an overload: more active authors than memory allows),
+        the least recently extended are dropped too, so memory stays bounded; a dropped author's
+        next post then starts a new session. Logged, because counts may then differ from an
+        unbounded count.
+        """
         self._admitted = 0
+        sessions = self._sessions
         horizon = self.watermark - self.allowed_lateness - self.gap
-        stale = [a for a, s in self._sessions.items() if s.latest < horizon]
+        stale = [a for a, s in sessions.items() if s.latest < horizon]
         for author in stale:
-            del self._sessions[author]
+            del sessions[author]
+        excess = len(sessions) - self.max_sessions
+        if excess > 0:
+            oldest = sorted(sessions.items(), key=lambda item: item[1].latest)[: excess + excess // 4]
+            for author, _ in oldest:
+                del sessions[author]
+            log.warning(
+                "more than %d live sessions: dropped the %d least recently active "
+                "(raise max_sessions to keep them)",
+                self.max_sessions,
+                len(oldest),
+            )
+            return len(stale) + len(oldest)
         return len(stale)

@@ -1,25 +1,33 @@
 """Wire formats: each decoder turns one raw message into a `Post`, a `Skipped`, or a `DecodeError`.
 
-A decoder is a plain function ``decode(line: bytes, received_at: float) -> Post | Skipped``, picklable
-and free of I/O, so every engine (local, workers, Spark) shares it. Sources name the decoder their
+A decoder is a plain function ``decode(line: bytes, received_at: float) -> Post | Skipped``,
+picklable and free of I/O, so every engine (local, workers, Spark) shares it. Sources name the decoder their
 messages need; `get_decoder` finds it by that name.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 from happyhashtags.errors import ConfigError
 from happyhashtags.model import Post, Skipped
 
-__all__ = ["Decoder", "get_decoder", "register_decoder"]
+__all__ = ["Decoder", "PartitionKey", "get_decoder", "get_partition_key", "register_decoder"]
 
 Decoder = Callable[[bytes, float], Post | Skipped]
+PartitionKey = Callable[[bytes], bytes]
+"""Maps a raw message to the key that must keep it with its author's other messages."""
 
 _DECODERS: dict[str, str] = {
     # name -> "module:function", imported on first use so optional formats cost nothing.
     "x": "happyhashtags.formats.x:decode_x",
     "bluesky": "happyhashtags.formats.bluesky:decode_bluesky",
+}
+
+
+_PARTITION_KEYS: dict[str, str] = {
+    "x": "happyhashtags.formats.x:partition_key_x",
 }
 
 
@@ -35,7 +43,39 @@ def get_decoder(name: str) -> Decoder:
     except KeyError:
         known = ", ".join(sorted(_DECODERS))
         raise ConfigError(f"unknown message format {name!r} (known: {known})") from None
+    decoder: Decoder = _load(target)
+    return decoder
+
+
+def get_partition_key(name: str) -> PartitionKey:
+    """A fast partition key for format `name`; formats without one use a generic key built from
+    the full decoder (the author, else the post id, else the line)."""
+    target = _PARTITION_KEYS.get(name)
+    if target is not None:
+        key: PartitionKey = _load(target)
+        return key
+    return _GenericKey(get_decoder(name))
+
+
+class _GenericKey:
+    __slots__ = ("_decode",)
+
+    def __init__(self, decode: Decoder) -> None:
+        self._decode = decode
+
+    def __call__(self, line: bytes) -> bytes:
+        try:
+            item = self._decode(line, 0.0)
+        except ValueError:
+            return line
+        if isinstance(item, Post):
+            key = item.author or item.id
+            if key:
+                return key.encode()
+        return line
+
+
+def _load(target: str) -> Any:
     module_name, _, attr = target.partition(":")
     module = __import__(module_name, fromlist=[attr])
-    decoder: Decoder = getattr(module, attr)
-    return decoder
+    return getattr(module, attr)

@@ -120,7 +120,9 @@ def generate_messages(
         }
         if entities:
             data["entities"] = {"hashtags": entities}
-        message: dict[str, object] = {"data": data}
+        # expansions=author_id puts the author's user object in includes, as X sends it.
+        users = [{"id": author, "name": f"User {author}", "username": f"user{author}"}]
+        message: dict[str, object] = {"data": data, "includes": {"users": users}}
         if not spam and rng.random() < 0.1:
             # A retweet: X truncates the retweet's text and puts the original in includes.
             original_id = str(tweet_id - rng.randint(10_000, 10_000_000))
@@ -141,7 +143,14 @@ def generate_messages(
             }
             if entities:
                 original["entities"] = {"hashtags": entities}
-            message["includes"] = {"tweets": [original]}
+            users.append(
+                {
+                    "id": original_author,
+                    "name": f"User {original_author}",
+                    "username": f"user{original_author}",
+                }
+            )
+            message["includes"] = {"users": users, "tweets": [original]}
         if rng.random() < 0.05:
             message["matching_rules"] = [{"id": "1", "tag": "demo"}]
         yield encode(message)

@@ -17,7 +17,7 @@ __all__ = [
 ]
 
 # SQLite keeps times as text; whole seconds in ISO form are what BI tools parse best.
-_SQLITE_TIME = sqlite.DATETIME(
+_SQLITE_TIME = sqlite.DATETIME(  # type: ignore[no-untyped-call]
     storage_format="%(year)04d-%(month)02d-%(day)02d %(hour)02d:%(minute)02d:%(second)02d",
     regexp=r"(\d+)-(\d+)-(\d+) (\d+):(\d+):(\d+)",
 )
@@ -38,7 +38,9 @@ hashtag_counts = Table(
 dead_letters = Table(
     "dead_letters",
     metadata,
-    Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True),
+    Column(
+        "id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True
+    ),
     Column("received_at", UtcTimestamp, nullable=False),
     Column("source", Text, nullable=False),
     Column("reason", Text, nullable=False),

@@ -18,9 +18,7 @@ branch_labels = None
 depends_on = None
 
 # Wilson score interval, lower bound, z = 1.96 (95 %), over n = tweets and p = happy / tweets.
-_WILSON = (
-    "((p + 1.9208 / n - 1.96 * sqrt((p * (1 - p) + 0.9604 / n) / n)) / (1 + 3.8416 / n))"
-)
+_WILSON = "((p + 1.9208 / n - 1.96 * sqrt((p * (1 - p) + 0.9604 / n) / n)) / (1 + 3.8416 / n))"
 
 
 def _happiest_sql(least: str) -> str:
@@ -56,7 +54,9 @@ def upgrade() -> None:
     op.create_table(
         "dead_letters",
         sa.Column(
-            "id", sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True,
+            "id",
+            sa.BigInteger().with_variant(sa.Integer, "sqlite"),
+            primary_key=True,
             autoincrement=True,
         ),
         sa.Column("received_at", UtcTimestamp, nullable=False),
