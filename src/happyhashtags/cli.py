@@ -107,14 +107,42 @@ def cli(log_level: str) -> None:
     _setup_logging(log_level)
 
 
+def source_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """The options that choose and configure a source (shared by run and ingest)."""
+    options = [
+        click.option(
+            "--source",
+            "-s",
+            metavar="SRC",
+            help=f"What to read: {', '.join(n for n in source_names() if n != '-')}, "
+            "a path or glob of JSON Lines files (.gz/.bz2/.xz/.zst), or - for stdin "
+            "[default: demo].",
+        ),
+        click.option(
+            "--limit", type=click.IntRange(min=1), metavar="N", help="Stop after N posts."
+        ),
+        click.option(
+            "--x-token-file",
+            type=click.Path(dir_okay=False, path_type=Path),
+            metavar="PATH",
+            help="File holding the X API bearer token (or set X_BEARER_TOKEN).",
+        ),
+        click.option(
+            "--bluesky-url",
+            "bluesky_urls",
+            multiple=True,
+            metavar="URL",
+            callback=lambda _ctx, _param, value: value or None,
+            help="Jetstream URL (repeatable, tried in order) [env BLUESKY_JETSTREAM_URL].",
+        ),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
 @cli.command()
-@click.option(
-    "--source",
-    "-s",
-    metavar="SRC",
-    help=f"What to read: {', '.join(source_names())}, "
-    "a path or glob of JSON Lines files (.gz/.bz2/.xz/.zst), or - for stdin [default: demo].",
-)
+@source_options
 @database_option
 @click.option(
     "--happy",
@@ -128,7 +156,6 @@ def cli(log_level: str) -> None:
     metavar="DURATION",
     help="Anti-spam session gap; 0 turns sessions off [default: 30m].",
 )
-@click.option("--limit", type=int, metavar="N", help="Stop after N posts.")
 @click.option("--retweets/--no-retweets", default=None, help="Count retweets [default: yes].")
 @click.option("--flush-posts", type=int, metavar="N", help="Write counts every N posts [100000].")
 @click.option("--flush-interval", metavar="DURATION", help="... or every DURATION [default: 5s].")
