@@ -174,7 +174,11 @@ class PostCounter:
         norm = self._norm
         if len(norm) >= 262_144:
             norm.clear()
-        key = norm[tag] = normalize_hashtag(tag)
+        key = normalize_hashtag(tag)
+        if "\x00" in key:
+            # Entities can carry any string; PostgreSQL text cannot hold NUL.
+            key = key.replace("\x00", "\ufffd")
+        norm[tag] = key
         return key
 
     def _keys(self, tags: Sequence[str]) -> list[str]:

@@ -412,25 +412,38 @@ class Store:
             query = query.where(c.bucket_start < _naive_utc(until))
         query = query.having(tweets_sum >= max(min_tweets, 1))
         if rank == "happy":
-            query = query.order_by(happy_sum.desc(), tweets_sum.asc(), c.hashtag).limit(limit)
+            query = query.order_by(happy_sum.desc(), tweets_sum.asc(), c.hashtag)
+        else:
+            # Ranked in the database, so only `limit` rows come back whatever the table's size.
+            query = query.order_by(
+                _wilson_sql(happy_sum, tweets_sum).desc(), happy_sum.desc(), c.hashtag
+            )
         with self._connect() as connection:
-            rows = connection.execute(query).all()
+            rows = connection.execute(query.limit(limit)).all()
         scored = [
             (
                 r.hashtag,
                 int(r.happy_tweets),
                 int(r.tweets),
-                wilson_lower_bound(r.happy_tweets, r.tweets),
+                # int(): SUM(bigint) is NUMERIC on Postgres, which arrives as Decimal.
+                wilson_lower_bound(int(r.happy_tweets), int(r.tweets)),
             )
             for r in rows
         ]
-        if rank == "ratio":
-            scored.sort(key=lambda s: (-s[3], -s[1], s[0]))
-            scored = scored[:limit]
         return [
             TopRow(i, tag, happy, tweets, min(happy, tweets) / tweets, score)
             for i, (tag, happy, tweets, score) in enumerate(scored, start=1)
         ]
+
+
+def _wilson_sql(happy: Any, tweets: Any) -> Any:
+    """`wilson_lower_bound` as a SQL expression (the same formula as the happiest_hashtags view)."""
+    n = sa.cast(tweets, sa.Float)
+    p = sa.cast(sa.case((happy > tweets, tweets), else_=happy), sa.Float) / n
+    z = _Z
+    return (p + z * z / (2 * n) - z * sa.func.sqrt((p * (1 - p) + z * z / (4 * n)) / n)) / (
+        1 + z * z / n
+    )
 
 
 def _dead_row(dead: DeadLetter) -> dict[str, Any]:
