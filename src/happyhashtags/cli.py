@@ -265,13 +265,14 @@ def stop_on_signals(handler: Callable[[int, Any], None]) -> Iterator[None]:
 
 
 def print_summary(summary: RunSummary) -> None:
+    """The end-of-run summary: what was read, counted and skipped, and how fast."""
     skipped = ", ".join(f"{reason} {n:,}" for reason, n in summary.skipped.most_common()) or "none"
-    note = " (interrupted)" if summary.interrupted else ""
+    note = " (interrupted: counts so far were written)" if summary.interrupted else ""
     click.echo(
-        f"read {summary.lines:,} lines, {summary.posts:,} posts; counted {summary.counted:,} posts "
-        f"with hashtags; duplicates {summary.duplicates:,}; skipped: {skipped}; "
-        f"dead letters {summary.dead_letters:,}; {summary.elapsed:.2f} s, "
-        f"{summary.posts_per_second:,.0f} posts/s{note}"
+        f"read {summary.lines:,} lines in {summary.elapsed:.2f} s "
+        f"({summary.posts_per_second:,.0f} posts/s){note}\n"
+        f"posts {summary.posts:,}; counted {summary.counted:,}; duplicates {summary.duplicates:,}; "
+        f"skipped: {skipped}; dead letters {summary.dead_letters:,}"
     )
 
 
