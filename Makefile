@@ -2,7 +2,9 @@
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
-STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
+HASH   := $(shell cksum < pyproject.toml | cut -d' ' -f1)
+APP    := $(VENV)/.installed-app-$(HASH)
+DEV    := $(VENV)/.installed-dev-$(HASH)
 DATABASE ?= sqlite:///happyhashtags.db
 
 .PHONY: help setup run migrate test lint format bench chaos clean
@@ -14,14 +16,21 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
-$(STAMP): $(BIN)/python pyproject.toml
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
-	rm -f $(VENV)/.installed-*
+# The project with every optional connector (what `make run` needs).
+$(APP): $(BIN)/python pyproject.toml
+	$(BIN)/python -m pip install --quiet -e '.[all]'
+	rm -f $(VENV)/.installed-app-*
 	touch $@
 
-setup: $(STAMP)  ## create .venv and install the project with its test tools
+# ... plus the test and lint tools.
+$(DEV): $(APP)
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	rm -f $(VENV)/.installed-dev-*
+	touch $@
 
-migrate: setup  ## migrate the database (DATABASE=url, default the embedded SQLite)
+setup: $(DEV)  ## create .venv and install the project with its test tools
+
+migrate: $(APP)  ## migrate the database (DATABASE=url, default the embedded SQLite)
 	$(BIN)/happyhashtags migrate --database '$(DATABASE)'
 
 run: migrate  ## count the built-in demo stream into the embedded SQLite and print the top ten
