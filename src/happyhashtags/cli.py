@@ -76,6 +76,8 @@ def _setup_logging(level: str) -> None:
     logging.basicConfig(level=level.upper(), format="%(message)s", handlers=[handler], force=True)
     # Alembic narrates every step at INFO; only its warnings matter to a user.
     logging.getLogger("alembic").setLevel(max(logging.WARNING, logging.getLogger().level))
+    # httpx logs every request at INFO; the X source logs what matters (connects, reconnects).
+    logging.getLogger("httpx").setLevel(max(logging.WARNING, logging.getLogger().level))
 
 
 database_option = click.option(
@@ -125,7 +127,8 @@ def source_options(command: Callable[..., Any]) -> Callable[..., Any]:
             "--x-token-file",
             type=click.Path(dir_okay=False, path_type=Path),
             metavar="PATH",
-            help="File holding the X API bearer token (or set X_BEARER_TOKEN).",
+            help="File holding the X API bearer token "
+            "[env HAPPYHASHTAGS_X_TOKEN_FILE; or set X_BEARER_TOKEN].",
         ),
         click.option(
             "--bluesky-url",
