@@ -43,10 +43,10 @@ class _Group(click.Group):
         try:
             return super().invoke(ctx)
         except ConfigError as exc:
-            stderr.print(f"[bold red]error:[/] {exc}", highlight=False, markup=True)
+            stderr.print(f"[bold red]error:[/] {exc}", highlight=False, markup=True, soft_wrap=True)
             ctx.exit(2)
         except HappyHashtagsError as exc:
-            stderr.print(f"[bold red]error:[/] {exc}", highlight=False, markup=True)
+            stderr.print(f"[bold red]error:[/] {exc}", highlight=False, markup=True, soft_wrap=True)
             ctx.exit(1)
 
 
@@ -330,7 +330,13 @@ def print_top(rows: list[TopRow], fmt: str, *, title: str | None = None) -> None
 @database_option
 @click.option("--since", metavar="T", help="Buckets starting at or after T (ISO 8601, UTC).")
 @click.option("--until", metavar="T", help="Buckets starting before T (ISO 8601, UTC).")
-@click.option("--limit", type=click.IntRange(min=1), default=10, show_default=True)
+@click.option(
+    "--limit",
+    type=click.IntRange(min=1),
+    default=10,
+    show_default=True,
+    help="How many hashtags to show.",
+)
 @click.option(
     "--rank",
     type=click.Choice(["happy", "ratio"]),
@@ -351,6 +357,7 @@ def print_top(rows: list[TopRow], fmt: str, *, title: str | None = None) -> None
     type=click.Choice(["table", "json", "csv"]),
     default="table",
     show_default=True,
+    help="table for people; json or csv for programs.",
 )
 @config_option
 @click.pass_context

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 from datetime import UTC, datetime
 
@@ -22,8 +23,9 @@ def parse_duration(value: str | float | int) -> float:
     1800.0
     """
     if isinstance(value, int | float) and not isinstance(value, bool):
-        if value < 0:
-            raise ConfigError(f"duration must not be negative, got {value}")
+        # NaN passes a `< 0` test, and a TOML file can hold nan and inf.
+        if not math.isfinite(value) or value < 0:
+            raise ConfigError(f"duration must be a finite number of seconds >= 0, got {value}")
         return float(value)
     match = _DURATION.match(str(value))
     if match is None:
@@ -45,7 +47,9 @@ def format_duration(seconds: float) -> str:
 
 def bucket_start(event_time: float, bucket_seconds: int) -> int:
     """The start of the bucket holding `event_time`, aligned to multiples since the epoch."""
-    t = int(event_time)
+    # floor, not int(): int() rounds towards zero, which puts a time just before a negative
+    # boundary (pre-1970 exports) in the next bucket.
+    t = math.floor(event_time)
     return t - t % bucket_seconds
 
 

@@ -10,7 +10,7 @@ import lzma
 import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, BinaryIO
+from typing import TYPE_CHECKING, BinaryIO, cast
 
 from happyhashtags.errors import SourceError
 from happyhashtags.sources.base import Batch, Clock, system_clock
@@ -21,6 +21,7 @@ if TYPE_CHECKING:
 __all__ = ["FileSource", "StdinSource", "expand_paths", "open_maybe_compressed"]
 
 _BATCH_LINES = 4096
+_BOM = b"\xef\xbb\xbf"
 _MAGIC: list[tuple[bytes, str]] = [
     (b"\x1f\x8b", "gzip"),
     (b"BZh", "bz2"),
@@ -29,9 +30,15 @@ _MAGIC: list[tuple[bytes, str]] = [
 ]
 
 
+def _buffered(stream: BinaryIO) -> io.BufferedReader:
+    # BufferedReader gives peek(), to look at the magic bytes without consuming them.
+    if isinstance(stream, io.BufferedReader):
+        return stream
+    return io.BufferedReader(cast("io.RawIOBase", stream))
+
+
 def _sniff(stream: BinaryIO) -> str | None:
-    buffered = stream if isinstance(stream, io.BufferedReader) else io.BufferedReader(stream)  # type: ignore[arg-type]
-    head = buffered.peek(6)[:6]
+    head = _buffered(stream).peek(6)[:6]
     for magic, name in _MAGIC:
         if head.startswith(magic):
             return name
@@ -40,22 +47,22 @@ def _sniff(stream: BinaryIO) -> str | None:
 
 def open_maybe_compressed(raw: BinaryIO) -> BinaryIO:
     """Wrap `raw` in the decompressor its first bytes call for (or return it as it is)."""
-    buffered = raw if isinstance(raw, io.BufferedReader) else io.BufferedReader(raw)  # type: ignore[arg-type]
-    kind = _sniff(buffered)
+    buffered = _buffered(raw)
+    kind = _sniff(cast(BinaryIO, buffered))
     if kind == "gzip":
-        return gzip.GzipFile(fileobj=buffered)  # type: ignore[return-value]
+        return cast(BinaryIO, gzip.GzipFile(fileobj=buffered))
     if kind == "bz2":
-        return bz2.BZ2File(buffered)
+        return cast(BinaryIO, bz2.BZ2File(buffered))
     if kind == "xz":
-        return lzma.LZMAFile(buffered)
+        return cast(BinaryIO, lzma.LZMAFile(buffered))
     if kind == "zstd":
         try:
             import zstandard
         except ImportError:  # pragma: no cover - zstandard is a core dependency
             raise SourceError("reading .zst files needs the zstandard package") from None
         reader = zstandard.ZstdDecompressor().stream_reader(buffered, read_across_frames=True)
-        return io.BufferedReader(reader)  # type: ignore[arg-type]
-    return buffered
+        return cast(BinaryIO, io.BufferedReader(reader))
+    return cast(BinaryIO, buffered)
 
 
 def expand_paths(pattern: str) -> list[Path]:
@@ -72,8 +79,17 @@ def expand_paths(pattern: str) -> list[Path]:
             "or a source name; see 'happyhashtags run --help')"
         )
     if path.is_dir():
-        raise SourceError(f"{pattern!r} is a directory: name files, or a glob like '{pattern}/*.jsonl'")
+        raise SourceError(
+            f"{pattern!r} is a directory: name files, or a glob like '{pattern}/*.jsonl'"
+        )
     return [path]
+
+
+def _batch(lines: list[bytes], received_at: float, origin: str, line_no: int) -> Batch:
+    if line_no == 1 and lines:
+        # Editors on Windows start UTF-8 text with a byte order mark, which JSON parsers reject.
+        lines[0] = lines[0].removeprefix(_BOM)
+    return Batch(lines, received_at, origin, line_no)
 
 
 def _read_lines(stream: BinaryIO, origin: str, clock: Clock, closed: list[bool]) -> Iterator[Batch]:
@@ -81,19 +97,20 @@ def _read_lines(stream: BinaryIO, origin: str, clock: Clock, closed: list[bool])
     lines: list[bytes] = []
     try:
         for line in stream:
-            lines.append(line)
+            # Batches carry lines without terminators (the Batch contract), as stdin's do.
+            lines.append(line.rstrip(b"\r\n"))
             if len(lines) >= _BATCH_LINES:
-                yield Batch(lines, clock(), origin, line_no)
+                yield _batch(lines, clock(), origin, line_no)
                 line_no += len(lines)
                 lines = []
                 if closed[0]:
                     return
     except (OSError, EOFError, lzma.LZMAError) as exc:
         if lines:
-            yield Batch(lines, clock(), origin, line_no)
+            yield _batch(lines, clock(), origin, line_no)
         raise SourceError(f"cannot read {origin}: {exc}") from None
     if lines:
-        yield Batch(lines, clock(), origin, line_no)
+        yield _batch(lines, clock(), origin, line_no)
 
 
 class FileSource:
@@ -149,7 +166,8 @@ class StdinSource:
         # read1 returns what is there now: whole batches from a file piped in, and each line of a
         # live pipe as soon as it arrives.
         read1 = getattr(source, "read1", source.read)
-        pending = b""
+        # The unfinished line, in pieces: joined once its newline comes (not re-copied per read).
+        pending: list[bytes] = []
         line_no = 1
         while not self._closed[0]:
             try:
@@ -158,14 +176,15 @@ class StdinSource:
                 raise SourceError(f"cannot read stdin: {exc}") from None
             if not chunk:
                 break
-            pending += chunk
+            pending.append(chunk)
             if b"\n" not in chunk:
                 continue
-            *lines, pending = pending.split(b"\n")
-            yield Batch(lines, self._clock(), "stdin", line_no)
+            *lines, tail = b"".join(pending).split(b"\n")
+            pending = [tail] if tail else []
+            yield _batch(lines, self._clock(), "stdin", line_no)
             line_no += len(lines)
         if pending:
-            yield Batch([pending], self._clock(), "stdin", line_no)
+            yield _batch([b"".join(pending)], self._clock(), "stdin", line_no)
 
     def close(self) -> None:
         self._closed[0] = True

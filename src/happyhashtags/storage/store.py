@@ -128,7 +128,14 @@ class Store:
         if self.dialect == "sqlite":
             database = self.url.database
             if database and database != ":memory:" and not database.startswith("file:"):
-                Path(database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+                folder = Path(database).expanduser().parent
+                try:
+                    folder.mkdir(parents=True, exist_ok=True)
+                except OSError as exc:
+                    raise StorageError(
+                        f"cannot create the folder {folder} for the SQLite database: "
+                        f"{exc.strerror or exc}"
+                    ) from None
             if not database or database == ":memory:":
                 # One shared connection, or every connection would see its own empty database.
                 kwargs["poolclass"] = sa.pool.StaticPool
