@@ -131,6 +131,12 @@ class Settings(BaseSettings):
         description="Jetstream URLs, tried in order for fail-over [env BLUESKY_JETSTREAM_URL].",
     )
     bluesky_compress: bool = Field(default=False, description="Ask Jetstream for zstd frames.")
+    bluesky_zstd_dictionary: Path | None = Field(
+        default=None, description="Jetstream's zstd dictionary file; needed by bluesky_compress."
+    )
+    bluesky_stall_timeout: float = Field(
+        default=30.0, description="No Jetstream message for this long: reconnect."
+    )
 
     # -- NATS JetStream queue (ingest / process / status) ----------------------------------------
     queue: str | None = Field(default=None, description="nats://HOST:PORT/STREAM")
@@ -150,6 +156,7 @@ class Settings(BaseSettings):
         "allowed_lateness",
         "flush_interval",
         "x_stall_timeout",
+        "bluesky_stall_timeout",
         "queue_max_age",
         mode="before",
     )
