@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from types import FrameType
 from typing import NamedTuple
 
 from happyhashtags.aggregate import Counts, PostCounter
+from happyhashtags.engines.base import StoppableEngine
 from happyhashtags.errors import DecodeError, StorageError
 from happyhashtags.formats import Decoder, get_decoder
 from happyhashtags.model import Checkpoint, DeadLetter, Post
@@ -47,7 +46,7 @@ class RunSummary:
         return self.posts / self.elapsed if self.elapsed > 0 else 0.0
 
 
-class LocalEngine:
+class LocalEngine(StoppableEngine):
     """Runs a source through a `PostCounter` into a `Store`, flushing every N posts or T seconds.
 
     Each flush is one transaction holding the counts, the dead letters and, for a `Resumable`
@@ -74,7 +73,7 @@ class LocalEngine:
         clock: Clock = time.monotonic,
         progress: ProgressCallback | None = None,
     ) -> None:
-        self.source = source
+        super().__init__(source=source)
         self.counter = counter
         self.store = store
         self.limit = limit
@@ -83,8 +82,6 @@ class LocalEngine:
         self.write_retry = write_retry
         self._clock = clock
         self._progress = progress
-        self._stopping = threading.Event()
-        self._waiting_for_source = False
         self._dead: list[DeadLetter] = []
         self._resumable = source if isinstance(source, Resumable) else None
         self._cursor: int | None = None
@@ -93,23 +90,6 @@ class LocalEngine:
         self._writer: ThreadPoolExecutor | None = None
         self._pending: tuple[Future[bool], _WriteJob] | None = None
         self.summary = RunSummary()
-
-    @property
-    def stopping(self) -> bool:
-        return self._stopping.is_set()
-
-    def request_stop(self) -> None:
-        """Stop after the current post; safe from a signal handler."""
-        self._stopping.set()
-        self.source.close()
-
-    def handle_signal(self, signum: int, _frame: FrameType | None) -> None:
-        """A signal handler (SIGINT, SIGTERM) that stops the run cleanly, with a flush."""
-        log.warning("signal %d: stopping; what was counted so far will be written", signum)
-        self.request_stop()
-        if self._waiting_for_source:
-            # Blocked in a read (a quiet pipe or stream): unblock it. Never raised mid-count.
-            raise KeyboardInterrupt
 
     def run(self) -> RunSummary:
         """Read the source to its end (or the limit, or a stop), flushing as configured."""
@@ -123,14 +103,7 @@ class LocalEngine:
         flushed_posts = 0
         batches = self.source.batches()
         try:
-            while not self.stopping:
-                self._waiting_for_source = True
-                try:
-                    batch = next(batches, None)
-                finally:
-                    self._waiting_for_source = False
-                if batch is None:
-                    break
+            while (batch := self._next_batch(batches)) is not None:
                 self._process(batch, decode)
                 if self._progress is not None:
                     self._progress(summary.lines, summary.posts)

@@ -8,7 +8,6 @@ process. Each worker runs a `LocalEngine` with its own database connection.
 
 from __future__ import annotations
 
-import logging
 import multiprocessing
 import queue
 import signal
@@ -19,6 +18,7 @@ from multiprocessing.context import SpawnProcess
 from typing import Any
 
 from happyhashtags.aggregate import PostCounter
+from happyhashtags.engines.base import StoppableEngine
 from happyhashtags.engines.local import LocalEngine, ProgressCallback, RunSummary
 from happyhashtags.errors import ConfigError, HappyHashtagsError
 from happyhashtags.formats import get_partition_key
@@ -26,8 +26,6 @@ from happyhashtags.sources.base import Batch, Resumable, Source
 from happyhashtags.storage.store import Store
 
 __all__ = ["ParallelEngine"]
-
-log = logging.getLogger(__name__)
 
 _QUEUE_DEPTH = 8  # batches in flight per worker: enough to hide jitter, bounded memory
 
@@ -86,7 +84,7 @@ def _worker_main(
             pass
 
 
-class ParallelEngine:
+class ParallelEngine(StoppableEngine):
     """Like `LocalEngine`, with the counting spread over `workers` processes.
 
     `counter` is a template: each worker gets a copy with the same settings and empty state.
@@ -110,27 +108,13 @@ class ParallelEngine:
                 f"the {source.name} source resumes from a stored position, which one reader "
                 "process must own: use --workers 1 with it"
             )
-        self.source = source
+        super().__init__(source=source)
         self.counter = counter
         self.store = store
         self.workers = workers
         self.flush_posts = flush_posts
         self.flush_interval = flush_interval
         self._progress = progress
-        self._stop = False
-        self._waiting_for_source = False
-
-    def request_stop(self) -> None:
-        """Stop reading; workers flush what they counted. Safe from a signal handler."""
-        self._stop = True
-        self.source.close()
-
-    def handle_signal(self, signum: int, _frame: Any) -> None:
-        """A signal handler (SIGINT, SIGTERM) that stops the run cleanly, with a flush."""
-        log.warning("signal %d: stopping; what was counted so far will be written", signum)
-        self.request_stop()
-        if self._waiting_for_source:
-            raise KeyboardInterrupt
 
     def run(self) -> RunSummary:
         """Route the source's lines to the workers; return the merged summary."""
@@ -177,14 +161,7 @@ class ParallelEngine:
         crc32 = zlib.crc32
         lines_read = 0
         batches = self.source.batches()
-        while not self._stop:
-            self._waiting_for_source = True
-            try:
-                batch = next(batches, None)
-            finally:
-                self._waiting_for_source = False
-            if batch is None:
-                break
+        while (batch := self._next_batch(batches)) is not None:
             parts: list[list[bytes]] = [[] for _ in range(n)]
             for line in batch.lines:
                 parts[crc32(key(line)) % n].append(line)
