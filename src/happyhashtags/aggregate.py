@@ -128,7 +128,7 @@ class PostCounter:
         count_retweets: bool = True,
         dedupe_capacity: int = 1_000_000,
         allowed_lateness: float = 3600.0,
-        max_sessions: int = 2_000_000,
+        max_sessions: int = 500_000,
     ) -> None:
         if bucket_seconds <= 0 or bucket_seconds != int(bucket_seconds):
             raise ValueError("bucket_seconds must be a positive whole number")
@@ -150,7 +150,7 @@ class PostCounter:
         )
         # bucket start -> {hashtag: [tweets, happy_tweets]}: no tuple key per increment.
         self._buckets: dict[int, dict[str, list[int]]] = {}
-        # Hashtag as written -> counting key. Bounded: cleared when it grows past 2**18.
+        # Hashtag as written -> counting key. Bounded: cleared when it grows past 2**16.
         self._norm: dict[str, str] = {}
 
     def __getstate__(self) -> dict[str, object]:
@@ -172,7 +172,7 @@ class PostCounter:
 
     def _normalize(self, tag: str) -> str:
         norm = self._norm
-        if len(norm) >= 262_144:
+        if len(norm) >= 65_536:
             norm.clear()
         key = normalize_hashtag(tag)
         if "\x00" in key:

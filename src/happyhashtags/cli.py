@@ -68,6 +68,7 @@ def counter_from_settings(settings: Settings) -> PostCounter:
         count_retweets=settings.retweets,
         dedupe_capacity=settings.dedupe_ids,
         allowed_lateness=settings.allowed_lateness,
+        max_sessions=settings.max_sessions,
     )
 
 

@@ -90,6 +90,9 @@ class Settings(BaseSettings):
     flush_posts: int = Field(default=100_000, ge=1, description="Flush counts every N posts...")
     flush_interval: float = Field(default=5.0, description="... or every T seconds.")
     dedupe_ids: int = Field(default=1_000_000, ge=0, description="Recent post ids remembered.")
+    max_sessions: int = Field(
+        default=500_000, ge=1, description="Live anti-spam sessions kept in memory at most."
+    )
     demo_count: int = Field(default=20_000, ge=1, description="Posts in the demo stream.")
     demo_seed: int = Field(default=42, description="Seed of the demo stream.")
 

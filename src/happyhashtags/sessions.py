@@ -1,8 +1,8 @@
 """Anti-spam sessions: an author repeating a hashtag within a session counts once.
 
-A session of an author is a run of that author's posts, in arrival order, in which no post's event
-time is more than `gap` seconds after the latest event time seen so far in the session; a post beyond
-that starts a new session. Within a session an (author, hashtag) pair adds at most one post to
+A session of an author is a run of that author's posts, in arrival order, in which no post's
+event time is more than `gap` seconds after the latest event time seen so far in the session; a
+post beyond that starts a new session. Within a session an (author, hashtag) pair adds at most one post to
 `tweets` (at its first post) and at most one to `happy_tweets` (at its first happy post).
 """
 
@@ -16,13 +16,30 @@ __all__ = ["SessionTracker"]
 log = logging.getLogger(__name__)
 
 
+_SMALL = 8
+"""Keys held in a tuple before a session switches to a set."""
+
+_Keys = tuple[str, ...] | set[str]
+
+
+def _with(keys: _Keys, key: str) -> _Keys:
+    # Most sessions hold one to three hashtags: a tuple of one takes 48 bytes, a set 216. Memory
+    # per session is what bounds how many authors can be tracked at once.
+    if isinstance(keys, tuple):
+        if len(keys) < _SMALL:
+            return (*keys, key)
+        keys = set(keys)
+    keys.add(key)
+    return keys
+
+
 class _Session:
     __slots__ = ("happy", "latest", "seen")
 
     def __init__(self, latest: float) -> None:
         self.latest = latest
-        self.seen: set[str] = set()
-        self.happy: set[str] = set()
+        self.seen: _Keys = ()
+        self.happy: _Keys = ()
 
 
 class SessionTracker:
@@ -43,6 +60,7 @@ class SessionTracker:
 
     __slots__ = (
         "_admitted",
+        "_next_expiry",
         "_sessions",
         "allowed_lateness",
         "expire_every",
@@ -57,7 +75,7 @@ class SessionTracker:
         gap: float,
         allowed_lateness: float = 3600.0,
         expire_every: int = 65536,
-        max_sessions: int = 2_000_000,
+        max_sessions: int = 500_000,
     ) -> None:
         if gap <= 0:
             raise ValueError("a session gap must be positive (0 means: use no SessionTracker)")
@@ -68,6 +86,7 @@ class SessionTracker:
         self.watermark = float("-inf")
         self._sessions: dict[str, _Session] = {}
         self._admitted = 0
+        self._next_expiry = expire_every
 
     def __len__(self) -> int:
         return len(self._sessions)
@@ -79,12 +98,14 @@ class SessionTracker:
         session = self._sessions.get(author)
         if session is None or event_time > session.latest + self.gap:
             session = self._sessions[author] = _Session(event_time)
+            if len(self._sessions) > self.max_sessions:
+                self.expire()
         elif event_time > session.latest:
             session.latest = event_time
         if event_time > self.watermark:
             self.watermark = event_time
         self._admitted += 1
-        if self._admitted >= self.expire_every:
+        if self._admitted >= self._next_expiry:
             self.expire()
         if not keys:
             return []
@@ -93,12 +114,13 @@ class SessionTracker:
         for key in keys:
             new = key not in seen
             if new:
-                seen.add(key)
+                seen = _with(seen, key)
             new_happy = happy and key not in happy_seen
             if new_happy:
-                happy_seen.add(key)
+                happy_seen = _with(happy_seen, key)
             if new or new_happy:
                 out.append((key, int(new), int(new_happy)))
+        session.seen, session.happy = seen, happy_seen
         return out
 
     def expire(self) -> int:
@@ -115,9 +137,13 @@ class SessionTracker:
         stale = [a for a, s in sessions.items() if s.latest < horizon]
         for author in stale:
             del sessions[author]
+        # Scan again after as many admits as there are live sessions: O(1) per post on average.
+        self._next_expiry = max(self.expire_every, len(sessions))
         excess = len(sessions) - self.max_sessions
         if excess > 0:
-            oldest = sorted(sessions.items(), key=lambda item: item[1].latest)[: excess + excess // 4]
+            oldest = sorted(sessions.items(), key=lambda item: item[1].latest)[
+                : excess + excess // 4
+            ]
             for author, _ in oldest:
                 del sessions[author]
             log.warning(
