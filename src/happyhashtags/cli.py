@@ -278,6 +278,10 @@ def print_summary(summary: RunSummary) -> None:
         f"posts {summary.posts:,}; counted {summary.counted:,}; duplicates {summary.duplicates:,}; "
         f"skipped: {skipped}; dead letters {summary.dead_letters:,}"
     )
+    if summary.replayed:
+        click.echo(
+            f"replayed {summary.replayed:,} posts counted before (to rebuild sessions, not counted)"
+        )
 
 
 def print_top(rows: list[TopRow], fmt: str, *, title: str | None = None) -> None:

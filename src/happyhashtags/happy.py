@@ -2,10 +2,11 @@
 
 Two kinds of marker:
 
-* **Emoji** (a marker that is one grapheme cluster holding an emoji) match whole emoji: the text is
-  split into extended grapheme clusters and a cluster matches when it equals the marker once skin-tone
-  modifiers (U+1F3FB..U+1F3FF) and variation selectors (U+FE0E, U+FE0F) are removed from both. So
-  ``👍`` matches ``👍🏽`` and ``☺️`` matches ``☺``, but ``❤️`` does not match ``❤️‍🔥`` (a different emoji).
+* **Emoji** (a marker that is one grapheme cluster holding an emoji) match whole emoji: the text
+  is split into extended grapheme clusters and a cluster matches when it equals the marker once
+  skin-tone modifiers (U+1F3FB..U+1F3FF) and variation selectors (U+FE0E, U+FE0F) are removed
+  from both. So ``👍`` matches ``👍🏽`` and ``☺️`` matches ``☺``, but ``❤️`` does not match
+  ``❤️‍🔥`` (a different emoji).
 * **Everything else** (``:)``, ``<3``, words) matches as a plain substring.
 
 Most posts hold no marker at all, so each check starts with a substring test of the marker's first

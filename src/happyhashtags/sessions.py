@@ -2,8 +2,9 @@
 
 A session of an author is a run of that author's posts, in arrival order, in which no post's
 event time is more than `gap` seconds after the latest event time seen so far in the session; a
-post beyond that starts a new session. Within a session an (author, hashtag) pair adds at most one post to
-`tweets` (at its first post) and at most one to `happy_tweets` (at its first happy post).
+post beyond that starts a new session. Within a session an (author, hashtag) pair adds at most
+one post to `tweets` (at its first post) and at most one to `happy_tweets` (at its first happy
+post).
 """
 
 from __future__ import annotations

@@ -1,8 +1,8 @@
 """Wire formats: each decoder turns one raw message into a `Post`, a `Skipped`, or a `DecodeError`.
 
 A decoder is a plain function ``decode(line: bytes, received_at: float) -> Post | Skipped``,
-picklable and free of I/O, so every engine (local, workers, Spark) shares it. Sources name the decoder their
-messages need; `get_decoder` finds it by that name.
+picklable and free of I/O, so every engine (local, workers, Spark) shares it. Sources name the
+decoder their messages need; `get_decoder` finds it by that name.
 """
 
 from __future__ import annotations

@@ -173,6 +173,7 @@ def _v2_post(message: _Envelope, tweet: _V2Tweet, received_at: float) -> Post:
     else:
         text, entities = source.text, source.entities
     created = tweet.created_at
+    hashtags: tuple[str, ...] | None
     if entities is None:
         hashtags = None
     elif not entities.hashtags:

@@ -10,39 +10,116 @@ from __future__ import annotations
 
 import bisect
 import itertools
+import logging
 import random
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 
+from happyhashtags.model import Checkpoint
 from happyhashtags.sources.base import Batch, Clock, system_clock
 
 if TYPE_CHECKING:
     from happyhashtags.config import Settings
 
-__all__ = ["DEFAULT_START", "DemoSource", "generate_messages"]
+__all__ = ["DEFAULT_START", "DemoSource", "ResumableDemoSource", "generate_messages"]
+
+log = logging.getLogger(__name__)
 
 DEFAULT_START = datetime(2026, 1, 1, tzinfo=UTC)
 
 _BASE_TAGS = [
-    "Python", "Caturday", "MondayMotivation", "café", "München", "straße", "ñandú", "東京",
-    "Ελλάδα", "москва", "SummerVibes", "100DaysOfCode", "OpenData", "Sunshine", "WorldCup",
-    "Coffee", "GoodMorning", "Música", "Pokémon", "İstanbul", "São_Paulo", "おはよう", "BTS",
-    "DataScience", "Rust", "Gardening", "Weekend", "FridayFeeling", "NoFilter", "Travel",
+    "Python",
+    "Caturday",
+    "MondayMotivation",
+    "café",
+    "München",
+    "straße",
+    "ñandú",
+    "東京",
+    "Ελλάδα",
+    "москва",
+    "SummerVibes",
+    "100DaysOfCode",
+    "OpenData",
+    "Sunshine",
+    "WorldCup",
+    "Coffee",
+    "GoodMorning",
+    "Música",
+    "Pokémon",
+    "İstanbul",
+    "São_Paulo",
+    "おはよう",
+    "BTS",
+    "DataScience",
+    "Rust",
+    "Gardening",
+    "Weekend",
+    "FridayFeeling",
+    "NoFilter",
+    "Travel",
 ]
-_WORDS = (
-    "today the a new my our just what great long day with friends work coffee rain sun morning "
-    "city music game team love this that finally again never always cannot wait tired happy"
-).split()
+_WORDS = [
+    "today",
+    "the",
+    "a",
+    "new",
+    "my",
+    "our",
+    "just",
+    "what",
+    "great",
+    "long",
+    "day",
+    "with",
+    "friends",
+    "work",
+    "coffee",
+    "rain",
+    "sun",
+    "morning",
+    "city",
+    "music",
+    "game",
+    "team",
+    "love",
+    "this",
+    "that",
+    "finally",
+    "again",
+    "never",
+    "always",
+    "cannot",
+    "wait",
+    "tired",
+    "happy",
+]
 _HAPPY = [":)", ":)", ":)", "😊", "👍🏽", "❤️", "🎉"]
 _UNHAPPY = [":(", "😢", "😡", ":/"]
 
 
 def _vocabulary(rng: random.Random, size: int) -> list[str]:
     tags = list(_BASE_TAGS)
-    syllables = "ka lo mi su te ra vo ni pe zu an el or ix um".split()
+    syllables = [
+        "ka",
+        "lo",
+        "mi",
+        "su",
+        "te",
+        "ra",
+        "vo",
+        "ni",
+        "pe",
+        "zu",
+        "an",
+        "el",
+        "or",
+        "ix",
+        "um",
+    ]
     while len(tags) < size:
         tags.append("".join(rng.choice(syllables) for _ in range(rng.randint(2, 4))))
     return tags
@@ -157,7 +234,11 @@ def generate_messages(
 
 
 class DemoSource:
-    """The demo stream as a source (``--source demo``)."""
+    """The demo stream as a source (``--source demo``).
+
+    Each line's cursor is its number in the stream, so `ResumableDemoSource` can pick up where
+    the counts in a database end.
+    """
 
     name = "demo"
     format = "x"
@@ -180,23 +261,62 @@ class DemoSource:
         self._clock = clock
         self._batch_size = batch_size
         self._closed = False
+        self._counted = 0  # lines before this were counted by an earlier run
 
     def batches(self) -> Iterator[Batch]:
         messages = generate_messages(
             self._count, seed=self._seed, start=self._start, rate=self._rate
         )
         line_no = 1
+        if self._counted >= self._count:
+            return  # all counted before: nothing to rebuild sessions for
         while not self._closed:
             lines = list(itertools.islice(messages, self._batch_size))
             if not lines:
                 return
-            yield Batch(lines, self._clock(), "demo", line_no)
-            line_no += len(lines)
+            now = self._clock()
+            end = line_no + len(lines)
+            # Lines counted before are replayed (to rebuild sessions), not counted again.
+            split = min(max(self._counted + 1 - line_no, 0), len(lines))
+            if split:
+                cursors = range(line_no, line_no + split)
+                yield Batch(lines[:split], now, "demo", line_no, cursors, replay=True)
+            if split < len(lines):
+                cursors = range(line_no + split, end)
+                yield Batch(lines[split:], now, "demo", line_no + split, cursors)
+            line_no = end
 
     def close(self) -> None:
         self._closed = True
 
 
+class ResumableDemoSource(DemoSource):
+    """The demo stream, resumable: run it twice into one database and nothing counts twice.
+
+    This makes ``make run`` idempotent: a second run finds the demo already counted.
+    """
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.consumer = f"demo:{self._seed}:{self._count}"
+
+    def resume(self, checkpoint: Checkpoint | None) -> None:
+        self._counted = checkpoint.position if checkpoint is not None else 0
+        if self._counted:
+            log.info(
+                "the demo's first %d posts are already counted in this database: skipping them",
+                self._counted,
+            )
+
+    def checkpoint_state(self, position: int) -> str | None:
+        return None
+
+    def committed(self, position: int) -> None:
+        """Nothing to acknowledge: the demo is generated again on every run."""
+
+
 def from_settings(settings: Settings, _spec: str) -> DemoSource:
-    """``--source demo``."""
-    return DemoSource(count=settings.demo_count, seed=settings.demo_seed)
+    """``--source demo``: resumable in one process; with ``--workers`` each run counts it anew."""
+    if settings.workers > 1:
+        return DemoSource(count=settings.demo_count, seed=settings.demo_seed)
+    return ResumableDemoSource(count=settings.demo_count, seed=settings.demo_seed)
