@@ -40,16 +40,19 @@ test: setup  ## run the whole test suite (needs Postgres and NATS on loopback)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 lint: setup  ## ruff (lint and format check) and mypy --strict
-	$(BIN)/ruff check src tests benchmarks
-	$(BIN)/ruff format --check src tests benchmarks
+	$(BIN)/ruff check src tests benchmarks scripts
+	$(BIN)/ruff format --check src tests benchmarks scripts
 	$(BIN)/mypy
 
 format: setup  ## apply ruff's fixes and formatting
-	$(BIN)/ruff check --fix src tests benchmarks
-	$(BIN)/ruff format src tests benchmarks
+	$(BIN)/ruff check --fix src tests benchmarks scripts
+	$(BIN)/ruff format src tests benchmarks scripts
 
 bench: setup  ## benchmarks (see docs/benchmarks.md)
 	$(BIN)/python benchmarks/run.py $(BENCH_ARGS)
+
+chaos: setup  ## long crash test of the queue: SIGKILL process, restart NATS and Postgres (CHAOS_ARGS=--messages N --kills K --seed S)
+	$(BIN)/python scripts/chaos.py $(CHAOS_ARGS)
 
 clean:  ## remove the venv, caches and the embedded database
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis happyhashtags.db*

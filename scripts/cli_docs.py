@@ -1,7 +1,7 @@
 """Write docs/cli.md from the CLI's own --help texts, so the reference cannot drift from the code.
 
-    python scripts/cli_docs.py          # rewrite docs/cli.md
-    python scripts/cli_docs.py --check  # exit 1 if docs/cli.md is stale (the test suite runs this)
+python scripts/cli_docs.py          # rewrite docs/cli.md
+python scripts/cli_docs.py --check  # exit 1 if docs/cli.md is stale (the test suite runs this)
 """
 
 from __future__ import annotations
@@ -38,7 +38,9 @@ def render() -> str:
     runner = CliRunner()
     parts = [HEADER]
     for path in [[], *_commands(cli, [])]:
-        result = runner.invoke(cli, [*path, "--help"], terminal_width=100, prog_name="happyhashtags")
+        result = runner.invoke(
+            cli, [*path, "--help"], terminal_width=100, prog_name="happyhashtags"
+        )
         if result.exit_code != 0:
             raise SystemExit(f"happyhashtags {' '.join(path)} --help failed: {result.output}")
         title = " ".join(["happyhashtags", *path])

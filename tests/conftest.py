@@ -54,7 +54,9 @@ def shared_file(*parts: str) -> Path:
 def _admin() -> object:
     import psycopg
 
-    return psycopg.connect(PG_ADMIN_URL.replace("postgresql+psycopg", "postgresql"), autocommit=True)
+    return psycopg.connect(
+        PG_ADMIN_URL.replace("postgresql+psycopg", "postgresql"), autocommit=True
+    )
 
 
 @pytest.fixture

@@ -8,7 +8,7 @@ from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import NamedTuple
+from typing import NamedTuple, TypeVar, cast
 
 from happyhashtags.aggregate import Counts, PostCounter
 from happyhashtags.engines.base import StoppableEngine
@@ -96,7 +96,12 @@ class LocalEngine(StoppableEngine):
         summary = self.summary
         decode = get_decoder(self.source.format)
         if self._resumable is not None:
-            checkpoint = self.store.read_position(self._resumable.consumer)
+            consumer = self._resumable.consumer
+            # The database may be down at start too: the same patience as for writes.
+            found = self._retrying(lambda: self.store.read_position(consumer), abandon_on_stop=True)
+            if found is _ABANDONED:
+                return self.summary
+            checkpoint = cast(Checkpoint | None, found)
             self._cursor = self._committed_cursor = checkpoint.position if checkpoint else None
             self._resumable.resume(checkpoint)
         started = last_flush = self._clock()
@@ -229,23 +234,35 @@ class LocalEngine(StoppableEngine):
 
     def _write(self, job: _WriteJob) -> bool:
         """Write with retries; False if abandoned because the engine is stopping."""
+        # Not acknowledged when abandoned, so a resumable source delivers it again after a restart.
+        done = self._retrying(
+            lambda: self.store.write(job.counts, job.dead, positions=job.positions),
+            abandon_on_stop=self._resumable is not None,
+        )
+        return done is not _ABANDONED
+
+    def _retrying(self, action: Callable[[], T], *, abandon_on_stop: bool) -> T | object:
+        """`action()`, retried with back-off on `StorageError` for up to `write_retry` seconds.
+
+        Returns `_ABANDONED` instead when `abandon_on_stop` and the engine is stopping.
+        """
         delay, deadline = 0.5, self._clock() + self.write_retry
         while True:
             try:
-                self.store.write(job.counts, job.dead, positions=job.positions)
-                return True
+                return action()
             except StorageError as exc:
-                if self._resumable is not None and self.stopping:
-                    # Not acknowledged, so the source delivers it again after a restart.
-                    log.warning(
-                        "stopping with the last batch unwritten (%s): it will be read again", exc
-                    )
-                    return False
+                if abandon_on_stop and self.stopping:
+                    log.warning("stopping with a database call undone: %s", exc)
+                    return _ABANDONED
                 if self._clock() + delay > deadline:
                     raise
                 log.warning("%s; retrying in %.1f s", exc, delay)
                 self._stopping.wait(delay)
                 delay = min(delay * 2, 30.0)
+
+
+_ABANDONED = object()
+T = TypeVar("T")
 
 
 class _WriteJob(NamedTuple):

@@ -1,0 +1,425 @@
+"""``ingest``, ``process`` and ``status``: a durable NATS JetStream queue between reading and
+counting (see docs/queue.md)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import click
+
+from happyhashtags.cli import (
+    config_option,
+    counter_from_settings,
+    database_option,
+    print_summary,
+    settings_from_context,
+    stop_on_signals,
+)
+from happyhashtags.errors import ConfigError, HappyHashtagsError, StorageError
+from happyhashtags.storage.store import Store, database_url_for_display
+from happyhashtags.timeutil import format_duration, parse_duration
+
+if TYPE_CHECKING:
+    from happyhashtags.config import Settings
+    from happyhashtags.queue.status import QueueStatus
+    from happyhashtags.queue.url import QueueURL
+
+__all__ = ["COMMANDS", "ingest", "process", "status"]
+
+log = logging.getLogger("happyhashtags")
+
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)i?b?\s*$", re.IGNORECASE)
+
+
+def _size(_ctx: click.Context, _param: click.Parameter, value: str | None) -> int | None:
+    if value is None:
+        return None
+    match = _SIZE.match(value)
+    if match is None:
+        raise click.BadParameter("use bytes or a size like 512MB or 2GB")
+    number, unit = match.groups()
+    factor = 1024 ** ("kmgt".index(unit.lower()) + 1) if unit else 1
+    return int(float(number) * factor)
+
+
+def _duration(_ctx: click.Context, _param: click.Parameter, value: str | None) -> float | None:
+    return None if value is None else parse_duration(value)
+
+
+queue_option = click.option(
+    "--queue",
+    "-q",
+    metavar="URL",
+    help="nats://HOST:PORT/STREAM (several hosts: nats://h1:4222,h2:4222/STREAM) "
+    "[env HAPPYHASHTAGS_QUEUE].",
+)
+
+
+def _queue_url(settings: Settings) -> QueueURL:
+    from happyhashtags.queue.url import parse_queue_url
+
+    if not settings.queue:
+        raise ConfigError(
+            "no queue given: pass --queue nats://HOST:PORT/STREAM (or set HAPPYHASHTAGS_QUEUE)"
+        )
+    return parse_queue_url(settings.queue)
+
+
+@click.command()
+@click.option(
+    "--source",
+    "-s",
+    metavar="SRC",
+    help="What to read: any source 'run' takes (demo, -, files, x-filtered, bluesky, "
+    "...) [default: demo].",
+)
+@queue_option
+@click.option(
+    "--spool-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Directory of the local journal [default .happyhashtags-spool].",
+)
+@click.option(
+    "--spool-max-bytes",
+    "spool_max_bytes",
+    metavar="SIZE",
+    callback=_size,
+    help="Journal size cap, e.g. 512MB [default 1GB]: when full, reading stops.",
+)
+@click.option(
+    "--replicas",
+    "queue_replicas",
+    type=click.IntRange(1, 5),
+    help="Stream replicas when ingest creates the stream [default 1; 3 in production].",
+)
+@click.option(
+    "--max-age",
+    "queue_max_age",
+    metavar="DURATION",
+    help="Stream retention when ingest creates it [default 7d].",
+)
+@click.option(
+    "--duplicate-window",
+    metavar="DURATION",
+    callback=_duration,
+    help="JetStream's window for dropping repeated publishes [default 10m].",
+)
+@config_option
+@click.pass_context
+def ingest(ctx: click.Context, /, duplicate_window: float | None, **flags: Any) -> None:
+    """Read a source and publish every message to a JetStream stream (created if absent).
+
+    Each message is journaled on disk first and leaves the journal once JetStream acknowledged
+    it: while NATS is unreachable ingest keeps reading (and warns), then drains in order. The
+    post id is the Nats-Msg-Id, so JetStream drops repeated publishes.
+
+    \b
+    Examples:
+      happyhashtags ingest -s demo -q nats://127.0.0.1:4222/POSTS
+      happyhashtags ingest -s x-filtered -q nats://n1:4222,n2:4222,n3:4222/POSTS --replicas 3
+      zcat posts.jsonl.gz | happyhashtags ingest -s - -q nats://127.0.0.1:4222/POSTS
+    """
+    from happyhashtags.queue.ingest import Ingestor
+    from happyhashtags.queue.jetstream import DEFAULT_DUPLICATE_WINDOW, require_nats
+    from happyhashtags.sources import open_source
+
+    require_nats()
+    settings = settings_from_context(ctx, **flags)
+    url = _queue_url(settings)
+    source = open_source(settings)
+    ingestor = Ingestor(
+        source=source,
+        url=url,
+        spool_dir=settings.spool_dir,
+        spool_max_bytes=settings.spool_max_bytes,
+        replicas=settings.queue_replicas,
+        max_age=settings.queue_max_age,
+        duplicate_window=duplicate_window or DEFAULT_DUPLICATE_WINDOW,
+    )
+    log.info("ingesting %s into %s (spool %s)", source.name, url.display, ingestor.spool_dir)
+    with stop_on_signals(ingestor.handle_signal):
+        summary = ingestor.run()
+    note = " (interrupted)" if summary.interrupted else ""
+    left = (
+        f"; {summary.backlog_bytes / 1e6:.1f} MB left in the spool" if summary.backlog_bytes else ""
+    )
+    click.echo(
+        f"read {summary.lines:,} messages ({summary.undecodable:,} undecodable, published "
+        f"for the dead letters); JetStream stored {summary.published:,} and dropped "
+        f"{summary.duplicates:,} duplicates{left}; {summary.elapsed:.2f} s{note}"
+    )
+
+
+class _Stopper:
+    """One SIGINT/SIGTERM handler for a command's phases: waiting, then the engine's own."""
+
+    def __init__(self) -> None:
+        self.event = threading.Event()
+        self.on_stop: list[Callable[[], None]] = []
+        self.delegate: Callable[[int, Any], None] | None = None
+
+    def __call__(self, signum: int, frame: Any) -> None:
+        self.event.set()
+        for callback in self.on_stop:
+            callback()
+        if self.delegate is not None:
+            self.delegate(signum, frame)
+        else:
+            log.warning("signal %d: stopping", signum)
+
+
+def _wait_for_database(
+    store: Store, settings: Settings, *, migrate: bool, stop: threading.Event
+) -> bool:
+    """Migrate/check the database, retrying with back-off while it is unreachable. False if a
+    stop was requested first."""
+    delay = 0.5
+    where = database_url_for_display(store.url)
+    while not stop.is_set():
+        try:
+            store.current_revision()  # a connection check: StorageError when unreachable
+        except StorageError as exc:
+            log.warning("%s; retrying in %.1f s", exc, delay)
+            stop.wait(delay)
+            delay = min(delay * 2, 30.0)
+            continue
+        if migrate:
+            store.migrate()
+        store.ensure_ready()
+        store.check_setting("bucket", format_duration(settings.bucket))
+        log.debug("database %s is ready", where)
+        return True
+    return False
+
+
+@click.command()
+@queue_option
+@database_option
+@click.option(
+    "--consumer",
+    "-c",
+    metavar="NAME",
+    help="Consumer name: the durable JetStream consumer and the key of the position in "
+    "the database [default happyhashtags].",
+)
+@click.option(
+    "--batch",
+    "batch_size",
+    type=click.IntRange(1, 100_000),
+    default=1000,
+    show_default=True,
+    metavar="N",
+    help="Messages per pull from JetStream.",
+)
+@click.option(
+    "--happy",
+    multiple=True,
+    metavar="MARKER",
+    help="A happy marker (repeatable; replaces the default ':)').",
+)
+@click.option("--bucket", metavar="DURATION", help="Bucket size [default: 1h].")
+@click.option(
+    "--session-gap",
+    metavar="DURATION",
+    help="Anti-spam session gap; 0 turns sessions off [default: 30m].",
+)
+@click.option("--retweets/--no-retweets", default=None, help="Count retweets [default: yes].")
+@click.option("--limit", type=int, metavar="N", help="Stop after N posts.")
+@click.option("--flush-posts", type=int, metavar="N", help="Commit every N posts [100000].")
+@click.option("--flush-interval", metavar="DURATION", help="... or every DURATION [default: 5s].")
+@click.option(
+    "--idle-exit",
+    metavar="DURATION",
+    callback=_duration,
+    help="Exit once the stream is drained and quiet for this long (batch jobs, tests).",
+)
+@click.option(
+    "--snapshot-every",
+    metavar="DURATION",
+    callback=_duration,
+    default="1m",
+    show_default=True,
+    help="Counter snapshots for restarts (a restart replays about this much of the stream).",
+)
+@click.option("--migrate", "auto_migrate", is_flag=True, help="Migrate the database first.")
+@config_option
+@click.pass_context
+def process(
+    ctx: click.Context,
+    /,
+    batch_size: int,
+    idle_exit: float | None,
+    snapshot_every: float,
+    auto_migrate: bool,
+    **flags: Any,
+) -> None:
+    """Count the posts of a JetStream stream, exactly once, into the database.
+
+    Counts and the last stream sequence they cover commit in one transaction; messages are
+    acknowledged after the commit. After a crash it resumes after the committed sequence and
+    replays from a counter snapshot (not counting again) so sessions continue unchanged. While
+    the database or NATS is down it waits and retries. SIGTERM or Ctrl-C: exits 0.
+
+    \b
+    Examples:
+      happyhashtags process -q nats://127.0.0.1:4222/POSTS --database postgresql://localhost/happy
+      happyhashtags process -q nats://127.0.0.1:4222/POSTS --idle-exit 10s --migrate
+    """
+    from happyhashtags.engines.local import LocalEngine
+    from happyhashtags.queue.consumer import NatsSource
+    from happyhashtags.queue.jetstream import require_nats
+
+    require_nats()
+    flags["happy"] = flags["happy"] or None
+    settings = settings_from_context(ctx, **flags)
+    url = _queue_url(settings)
+    store = Store(url=settings.database_url.get_secret_value())
+    counter = counter_from_settings(settings)
+    stopper = _Stopper()
+    with (
+        NatsSource(
+            url=url,
+            consumer=settings.consumer,
+            counter=counter,
+            batch_size=batch_size,
+            idle_exit=idle_exit,
+            snapshot_every=snapshot_every,
+        ) as source,
+        stop_on_signals(stopper),
+    ):
+        stopper.on_stop.append(source.close)
+        if not _wait_for_database(store, settings, migrate=auto_migrate, stop=stopper.event):
+            return
+        if not source.connect():
+            return
+        log.info(
+            "counting %s into %s as consumer %s (bucket %s, sessions %s)",
+            url.display,
+            database_url_for_display(store.url),
+            settings.consumer,
+            format_duration(settings.bucket),
+            format_duration(settings.session_gap) if settings.session_gap else "off",
+        )
+        engine = LocalEngine(
+            source=source,
+            counter=counter,
+            store=store,
+            limit=settings.limit,
+            flush_posts=settings.flush_posts,
+            flush_interval=settings.flush_interval,
+            write_retry=float("inf"),
+            progress=_progress_logger(source),
+        )
+        stopper.delegate = engine.handle_signal
+        if stopper.event.is_set():
+            return
+        summary = engine.run()
+    print_summary(summary)
+    store.close()
+    if source.taken_over:
+        raise HappyHashtagsError(
+            f"another process took over consumer {settings.consumer}: run one process per "
+            "consumer name (see docs/queue.md)"
+        )
+
+
+def _progress_logger(source: Any, every: float = 10.0) -> Callable[[int, int], None]:
+    state = {"last": time.monotonic(), "posts": 0}
+
+    def progress(_lines: int, posts: int) -> None:
+        now = time.monotonic()
+        elapsed = now - state["last"]
+        if elapsed < every:
+            return
+        rate = (posts - state["posts"]) / elapsed
+        state["last"], state["posts"] = now, posts
+        behind, seconds = source.lag()
+        log.info(
+            "counted %s posts (%s/s); at message %d; %s messages behind (%.0f s)",
+            f"{posts:,}",
+            f"{rate:,.0f}",
+            source.position,
+            f"{behind:,}",
+            seconds,
+        )
+
+    return progress
+
+
+@click.command()
+@queue_option
+@database_option
+@click.option(
+    "--consumer",
+    "-c",
+    "consumers",
+    multiple=True,
+    metavar="NAME",
+    help="Only this consumer (repeatable) [default: every consumer in the database].",
+)
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["table", "json"]),
+    default="table",
+    show_default=True,
+    help="A table for people, or JSON for monitoring scripts.",
+)
+@config_option
+@click.pass_context
+def status(ctx: click.Context, /, consumers: tuple[str, ...], fmt: str, **flags: Any) -> None:
+    """Show the stream's size, each consumer's position and lag, and the dead letters."""
+    from happyhashtags.queue.status import queue_status
+
+    settings = settings_from_context(ctx, **flags)
+    url = _queue_url(settings)
+    with Store(url=settings.database_url.get_secret_value()) as store:
+        report = queue_status(url=url, store=store, consumers=list(consumers) or None)
+    if fmt == "json":
+        click.echo(json.dumps(report.as_dict(), ensure_ascii=False))
+        return
+    _print_status(report)
+
+
+def _when(value: Any) -> str:
+    return value.strftime("%Y-%m-%d %H:%M:%S UTC") if value is not None else "-"
+
+
+def _print_status(report: QueueStatus) -> None:
+    age = format_duration(report.max_age) if report.max_age else "unlimited"
+    click.echo(f"stream {report.stream} at {report.queue}")
+    click.echo(
+        f"  {report.messages:,} messages, {report.bytes / 1e6:,.1f} MB, sequences "
+        f"{report.first_seq:,} to {report.last_seq:,} ({_when(report.first_time)} to "
+        f"{_when(report.last_time)})"
+    )
+    click.echo(
+        f"  format {report.format or '?'}, {report.storage} storage, {report.replicas} "
+        f"replica(s), max age {age}"
+    )
+    if report.database_error:
+        click.echo(f"database {report.database}: {report.database_error}")
+    elif report.database:
+        click.echo(f"database {report.database}: {report.dead_letters:,} dead letters")
+    if not report.consumers:
+        click.echo("no consumer has counted this stream in that database yet")
+    for c in report.consumers:
+        if c.position is None:
+            click.echo(f"consumer {c.name}: no position in the database")
+            continue
+        seconds = f"{c.lag_seconds:,.0f} s" if c.lag_seconds is not None else "? s"
+        click.echo(
+            f"consumer {c.name}: counted up to message {c.position:,} (committed "
+            f"{_when(c.updated_at)}); behind by {c.lag_messages:,} messages, {seconds}; "
+            f"JetStream acknowledged up to {c.acked_upto if c.acked_upto is not None else '-'}"
+        )
+
+
+COMMANDS = [ingest, process, status]
