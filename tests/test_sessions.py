@@ -233,3 +233,21 @@ def test_sessions_can_leave_more_happy_posts_than_posts_in_a_bucket() -> None:
         _p(T0 + H + 600, "#x", "c"),
     ]
     assert _counts(posts) == {(T0, "x"): [2, 0], (T0 + H, "x"): [1, 2]}
+
+
+def test_max_session_keys_bounds_the_hashtags_all_sessions_remember() -> None:
+    tracker = SessionTracker(gap=1e9, allowed_lateness=1e9, expire_every=10**9, max_session_keys=50)
+    for i in range(200):
+        tracker.admit(f"a{i % 40}", float(i), [f"k{i}", f"j{i}"], happy=i % 3 == 0)
+        held = sum(len(s.seen) + len(s.happy) for s in tracker._sessions.values())
+        assert held == tracker._key_count  # the running total stays exact
+        assert held <= 50
+    assert tracker.admit("a39", 200.0, ["k199"], happy=False) == []  # the most recent is kept
+
+
+def test_a_new_session_releases_the_old_sessions_hashtags() -> None:
+    tracker = SessionTracker(gap=10.0, allowed_lateness=1e9, expire_every=10**9)
+    tracker.admit("a", 0.0, ["x", "y"], happy=True)
+    assert tracker._key_count == 4
+    tracker.admit("a", 100.0, ["z"], happy=False)
+    assert tracker._key_count == 1

@@ -114,6 +114,7 @@ class PostCounter:
         "count_retweets",
         "dedupe_capacity",
         "happy",
+        "max_session_keys",
         "max_sessions",
         "session_gap",
         "stats",
@@ -129,6 +130,7 @@ class PostCounter:
         dedupe_capacity: int = 1_000_000,
         allowed_lateness: float = 3600.0,
         max_sessions: int = 500_000,
+        max_session_keys: int = 1_000_000,
     ) -> None:
         if bucket_seconds <= 0 or bucket_seconds != int(bucket_seconds):
             raise ValueError("bucket_seconds must be a positive whole number")
@@ -139,11 +141,15 @@ class PostCounter:
         self.dedupe_capacity = dedupe_capacity
         self.allowed_lateness = allowed_lateness
         self.max_sessions = max_sessions
+        self.max_session_keys = max_session_keys
         self.stats = CounterStats()
         self._ids = RecentIds(dedupe_capacity)
         self._sessions = (
             SessionTracker(
-                gap=session_gap, allowed_lateness=allowed_lateness, max_sessions=max_sessions
+                gap=session_gap,
+                allowed_lateness=allowed_lateness,
+                max_sessions=max_sessions,
+                max_session_keys=max_session_keys,
             )
             if session_gap > 0
             else None

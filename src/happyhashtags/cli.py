@@ -70,6 +70,7 @@ def counter_from_settings(settings: Settings) -> PostCounter:
         dedupe_capacity=settings.dedupe_ids,
         allowed_lateness=settings.allowed_lateness,
         max_sessions=settings.max_sessions,
+        max_session_keys=settings.max_session_keys,
     )
 
 

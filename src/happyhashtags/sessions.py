@@ -61,11 +61,13 @@ class SessionTracker:
 
     __slots__ = (
         "_admitted",
+        "_key_count",
         "_next_expiry",
         "_sessions",
         "allowed_lateness",
         "expire_every",
         "gap",
+        "max_session_keys",
         "max_sessions",
         "watermark",
     )
@@ -77,6 +79,7 @@ class SessionTracker:
         allowed_lateness: float = 3600.0,
         expire_every: int = 65536,
         max_sessions: int = 500_000,
+        max_session_keys: int = 1_000_000,
     ) -> None:
         if gap <= 0:
             raise ValueError("a session gap must be positive (0 means: use no SessionTracker)")
@@ -84,6 +87,8 @@ class SessionTracker:
         self.allowed_lateness = allowed_lateness
         self.expire_every = expire_every
         self.max_sessions = max_sessions
+        self.max_session_keys = max_session_keys
+        self._key_count = 0  # hashtags held by all sessions (seen + happy): what memory scales with
         self.watermark = float("-inf")
         self._sessions: dict[str, _Session] = {}
         self._admitted = 0
@@ -98,6 +103,8 @@ class SessionTracker:
         """Record a post; return ``(key, add_to_tweets, add_to_happy)`` for the keys that count."""
         session = self._sessions.get(author)
         if session is None or event_time > session.latest + self.gap:
+            if session is not None:
+                self._key_count -= len(session.seen) + len(session.happy)
             session = self._sessions[author] = _Session(event_time)
             if len(self._sessions) > self.max_sessions:
                 self.expire()
@@ -112,6 +119,7 @@ class SessionTracker:
             return []
         out: list[tuple[str, int, int]] = []
         seen, happy_seen = session.seen, session.happy
+        added = 0
         for key in keys:
             new = key not in seen
             if new:
@@ -121,14 +129,19 @@ class SessionTracker:
                 happy_seen = _with(happy_seen, key)
             if new or new_happy:
                 out.append((key, int(new), int(new_happy)))
+                added += new + new_happy
         session.seen, session.happy = seen, happy_seen
+        self._key_count += added
+        if self._key_count > self.max_session_keys:
+            self.expire()
         return out
 
     def expire(self) -> int:
         """Drop sessions that no post within the allowed lateness can extend; return how many.
 
-        Past `max_sessions` live sessions (an overload: more active authors than memory allows),
-        the least recently extended are dropped too, so memory stays bounded; a dropped author's
+        Past `max_sessions` live sessions, or `max_session_keys` hashtags held by all sessions
+        (an overload: more activity than memory allows), the least recently extended sessions
+        are dropped too, down to 80 % of the limits, so memory stays bounded; a dropped author's
         next post then starts a new session. Logged, because counts may then differ from an
         unbounded count.
         """
@@ -137,21 +150,28 @@ class SessionTracker:
         horizon = self.watermark - self.allowed_lateness - self.gap
         stale = [a for a, s in sessions.items() if s.latest < horizon]
         for author in stale:
-            del sessions[author]
+            self._drop(author)
         # Scan again after as many admits as there are live sessions: O(1) per post on average.
         self._next_expiry = max(self.expire_every, len(sessions))
-        excess = len(sessions) - self.max_sessions
-        if excess > 0:
-            oldest = sorted(sessions.items(), key=lambda item: item[1].latest)[
-                : excess + excess // 4
-            ]
-            for author, _ in oldest:
-                del sessions[author]
-            log.warning(
-                "more than %d live sessions: dropped the %d least recently active "
-                "(raise max_sessions to keep them)",
-                self.max_sessions,
-                len(oldest),
-            )
-            return len(stale) + len(oldest)
-        return len(stale)
+        if len(sessions) <= self.max_sessions and self._key_count <= self.max_session_keys:
+            return len(stale)
+        session_goal = self.max_sessions - self.max_sessions // 5
+        key_goal = self.max_session_keys - self.max_session_keys // 5
+        dropped = 0
+        for author, _ in sorted(sessions.items(), key=lambda item: item[1].latest):
+            if len(sessions) <= session_goal and self._key_count <= key_goal:
+                break
+            self._drop(author)
+            dropped += 1
+        log.warning(
+            "anti-spam sessions over their limits (%d sessions, %d hashtags): dropped the %d "
+            "least recently active (raise max_sessions or max_session_keys to keep them)",
+            self.max_sessions,
+            self.max_session_keys,
+            dropped,
+        )
+        return len(stale) + dropped
+
+    def _drop(self, author: str) -> None:
+        session = self._sessions.pop(author)
+        self._key_count -= len(session.seen) + len(session.happy)

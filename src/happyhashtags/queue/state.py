@@ -53,6 +53,7 @@ _CONFIG = (
     "count_retweets",
     "dedupe_capacity",
     "max_sessions",
+    "max_session_keys",
 )
 
 
