@@ -147,24 +147,43 @@ def source_options(command: Callable[..., Any]) -> Callable[..., Any]:
     return command
 
 
+def counting_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """The options of the counting rules and of flushing (shared by run and process)."""
+    options = [
+        click.option(
+            "--happy",
+            multiple=True,
+            metavar="MARKER",
+            callback=lambda _ctx, _param, value: value or None,
+            help="A happy marker (repeatable; replaces the default ':)'). Emoji match whole emoji.",
+        ),
+        click.option(
+            "--bucket", metavar="DURATION", help="Bucket size, e.g. 1h, 15m, 1d [default: 1h]."
+        ),
+        click.option(
+            "--session-gap",
+            metavar="DURATION",
+            help="Anti-spam session gap; 0 turns sessions off [default: 30m].",
+        ),
+        click.option(
+            "--retweets/--no-retweets", default=None, help="Count retweets [default: yes]."
+        ),
+        click.option(
+            "--flush-posts", type=int, metavar="N", help="Write counts every N posts [100000]."
+        ),
+        click.option(
+            "--flush-interval", metavar="DURATION", help="... or every DURATION [default: 5s]."
+        ),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
 @cli.command()
 @source_options
 @database_option
-@click.option(
-    "--happy",
-    multiple=True,
-    metavar="MARKER",
-    help="A happy marker (repeatable; replaces the default ':)'). Emoji match whole emoji.",
-)
-@click.option("--bucket", metavar="DURATION", help="Bucket size, e.g. 1h, 15m, 1d [default: 1h].")
-@click.option(
-    "--session-gap",
-    metavar="DURATION",
-    help="Anti-spam session gap; 0 turns sessions off [default: 30m].",
-)
-@click.option("--retweets/--no-retweets", default=None, help="Count retweets [default: yes].")
-@click.option("--flush-posts", type=int, metavar="N", help="Write counts every N posts [100000].")
-@click.option("--flush-interval", metavar="DURATION", help="... or every DURATION [default: 5s].")
+@counting_options
 @click.option(
     "--workers",
     type=click.IntRange(min=1),
@@ -192,7 +211,6 @@ def run(ctx: click.Context, /, auto_migrate: bool, top_n: int, **flags: Any) -> 
       happyhashtags run -s 'archive/*.jsonl.gz' --session-gap 0
       zcat posts.jsonl.gz | happyhashtags run -s - --happy ':)' --happy 😊
     """
-    flags["happy"] = flags["happy"] or None
     settings = settings_from_context(ctx, **flags)
     store = Store(url=settings.database_url.get_secret_value())
     if auto_migrate:

@@ -17,6 +17,7 @@ import click
 from happyhashtags.cli import (
     config_option,
     counter_from_settings,
+    counting_options,
     database_option,
     print_summary,
     settings_from_context,
@@ -218,22 +219,8 @@ def _wait_for_database(
     metavar="N",
     help="Messages per pull from JetStream.",
 )
-@click.option(
-    "--happy",
-    multiple=True,
-    metavar="MARKER",
-    help="A happy marker (repeatable; replaces the default ':)').",
-)
-@click.option("--bucket", metavar="DURATION", help="Bucket size [default: 1h].")
-@click.option(
-    "--session-gap",
-    metavar="DURATION",
-    help="Anti-spam session gap; 0 turns sessions off [default: 30m].",
-)
-@click.option("--retweets/--no-retweets", default=None, help="Count retweets [default: yes].")
+@counting_options
 @click.option("--limit", type=int, metavar="N", help="Stop after N posts.")
-@click.option("--flush-posts", type=int, metavar="N", help="Commit every N posts [100000].")
-@click.option("--flush-interval", metavar="DURATION", help="... or every DURATION [default: 5s].")
 @click.option(
     "--idle-exit",
     metavar="DURATION",
