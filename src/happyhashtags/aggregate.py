@@ -203,23 +203,11 @@ class PostCounter:
         stats = self.stats
         stats.posts += 1
         post_id = post.id
-        if post_id is not None:
-            # RecentIds.add, inlined: this runs for every post.
-            ids = self._ids
-            if post_id.isdecimal() and len(post_id) <= 19:
-                key_hash = int(post_id)
-            else:
-                key_hash = id_key(post_id)
-            seen = ids._seen
-            if key_hash in seen:
-                stats.duplicates += 1
-                return
-            if ids.capacity > 0:
-                seen.add(key_hash)
-                order = ids._order
-                order.append(key_hash)
-                if len(order) > ids.capacity:
-                    seen.discard(order.popleft())
+        # RecentIds.add is the one definition of "seen before": replay() uses it too, and a
+        # restarted consumer must recognise exactly what add() remembered.
+        if post_id is not None and not self._ids.add(post_id):
+            stats.duplicates += 1
+            return
         if post.is_retweet and not self.count_retweets:
             stats.retweets_skipped += 1
             return

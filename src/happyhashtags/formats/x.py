@@ -173,20 +173,13 @@ def _v2_post(message: _Envelope, tweet: _V2Tweet, received_at: float) -> Post:
     else:
         text, entities = source.text, source.entities
     created = tweet.created_at
-    hashtags: tuple[str, ...] | None
-    if entities is None:
-        hashtags = None
-    elif not entities.hashtags:
-        hashtags = ()
-    else:
-        hashtags = tuple([t for h in entities.hashtags if (t := h.tag or h.text)])
     # Positional: this runs once per post, and keywords cost a little more.
     return Post(
         tweet.id,
         tweet.author_id,
         received_at if created is None else _v2_time(created),
         text,
-        hashtags,
+        _tags(entities),
         is_retweet,
     )
 
