@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from hashlib import blake2b
 
 from happyhashtags.happy import DEFAULT_MARKERS, HappyMatcher
 from happyhashtags.model import Post
-from happyhashtags.sessions import SessionTracker
+from happyhashtags.sessions import HAPPY_MASK, ONE_TWEET, Cells, SessionTracker
 from happyhashtags.text import extract_hashtags, normalize_hashtag
 
 __all__ = ["CountKey", "CounterStats", "Counts", "PostCounter", "RecentIds", "merge_counts"]
@@ -63,7 +63,8 @@ class RecentIds:
 
     def add(self, post_id: str) -> bool:
         """Remember `post_id`; False if it was already among the recent ids."""
-        key = id_key(post_id)
+        # id_key's common case (an X id) inline: this runs once per post.
+        key = int(post_id) if len(post_id) <= 19 and post_id.isdecimal() else id_key(post_id)
         if key in self._seen:
             return False
         if self.capacity <= 0:
@@ -155,7 +156,7 @@ class PostCounter:
             else None
         )
         # bucket start -> {hashtag: [tweets, happy_tweets]}: no tuple key per increment.
-        self._buckets: dict[int, dict[str, list[int]]] = {}
+        self._buckets: dict[int, Cells] = {}
         # Hashtag as written -> counting key. Bounded: cleared when it grows past 2**16.
         self._norm: dict[str, str] = {}
 
@@ -200,66 +201,73 @@ class PostCounter:
 
     def add(self, post: Post) -> None:
         """Count one post."""
-        stats = self.stats
-        stats.posts += 1
-        post_id = post.id
-        # RecentIds.add is the one definition of "seen before": replay() uses it too, and a
-        # restarted consumer must recognise exactly what add() remembered.
-        if post_id is not None and not self._ids.add(post_id):
-            stats.duplicates += 1
-            return
-        if post.is_retweet and not self.count_retweets:
-            stats.retweets_skipped += 1
-            return
-        tags: Sequence[str] | None = post.hashtags
-        if tags is None:
-            tags = extract_hashtags(post.text)
-        sessions = self._sessions
-        author = post.author
-        if not tags:
-            if sessions is not None and author is not None:
-                # A post without hashtags still extends (or starts) its author's session.
-                sessions.admit(author, post.event_time, (), happy=False)
-            return
-        stats.with_hashtags += 1
+        self.add_many((post,))
+
+    def add_many(self, posts: Iterable[Post]) -> None:
+        """Count posts, in order: the engines' hot path (its lookups are hoisted per batch)."""
+        remember = self._ids.add
+        count_retweets = self.count_retweets
         norm = self._norm
-        if len(tags) == 1:
-            key = norm.get(tags[0])
-            if key is None:
-                key = self._normalize(tags[0])
-            keys = [key]
-        else:
-            keys = self._keys(tags)
-        happy = self.happy.matches(post.text)
-        if happy:
-            stats.happy += 1
+        matches = self.happy.matches
         bucket_seconds = self.bucket_seconds
-        # Floor division, so times before the epoch fall in the bucket below, like after it.
-        bucket = int(post.event_time // bucket_seconds) * bucket_seconds
-        cells = self._buckets.get(bucket)
-        if cells is None:
-            cells = self._buckets[bucket] = {}
-        if sessions is None or author is None:
-            add_happy = 1 if happy else 0
-            for key in keys:
-                cell = cells.get(key)
-                if cell is None:
-                    cells[key] = [1, add_happy]
+        buckets = self._buckets
+        admit = self._sessions.admit_into if self._sessions is not None else None
+        last_bucket: int | None = None
+        cells: Cells = {}
+        seen = duplicates = retweets = with_hashtags = happy_posts = counted = 0
+        try:
+            for post in posts:
+                seen += 1
+                post_id = post.id
+                # RecentIds.add is the one definition of "seen before": replay() uses it too,
+                # and a restarted consumer must recognise exactly what this remembered.
+                if post_id is not None and not remember(post_id):
+                    duplicates += 1
+                    continue
+                if post.is_retweet and not count_retweets:
+                    retweets += 1
+                    continue
+                tags: Sequence[str] | None = post.hashtags
+                if tags is None:
+                    tags = extract_hashtags(post.text)
+                author = post.author
+                if not tags:
+                    if admit is not None and author is not None:
+                        # A post without hashtags still extends (or starts) its author's session.
+                        admit(None, author, post.event_time, (), False)
+                    continue
+                with_hashtags += 1
+                if len(tags) == 1:
+                    key = norm.get(tags[0])
+                    keys: Sequence[str] = (key if key is not None else self._normalize(tags[0]),)
                 else:
-                    cell[0] += 1
-                    cell[1] += add_happy
-            stats.counted += 1
-            return
-        admitted = sessions.admit(author, post.event_time, keys, happy=happy)
-        for key, add_tweet, add_happy in admitted:
-            cell = cells.get(key)
-            if cell is None:
-                cells[key] = [add_tweet, add_happy]
-            else:
-                cell[0] += add_tweet
-                cell[1] += add_happy
-        if admitted:
-            stats.counted += 1
+                    keys = self._keys(tags)
+                happy = matches(post.text)
+                if happy:
+                    happy_posts += 1
+                # Floor division, so times before the epoch fall in the bucket below, too.
+                bucket = int(post.event_time // bucket_seconds) * bucket_seconds
+                if bucket != last_bucket:
+                    found = buckets.get(bucket)
+                    if found is None:
+                        found = buckets[bucket] = {}
+                    cells, last_bucket = found, bucket
+                if admit is not None and author is not None:
+                    if admit(cells, author, post.event_time, keys, happy):
+                        counted += 1
+                    continue
+                add = ONE_TWEET + 1 if happy else ONE_TWEET
+                for key in keys:
+                    cells[key] = cells.get(key, 0) + add
+                counted += 1
+        finally:
+            stats = self.stats
+            stats.posts += seen
+            stats.duplicates += duplicates
+            stats.retweets_skipped += retweets
+            stats.with_hashtags += with_hashtags
+            stats.happy += happy_posts
+            stats.counted += counted
 
     def replay(self, post: Post) -> None:
         """Rebuild state from a post counted before (after a restart): remember its id and feed
@@ -273,25 +281,20 @@ class PostCounter:
         tags = post.hashtags if post.hashtags is not None else extract_hashtags(post.text)
         keys = self._keys(tags) if tags else []
         happy = bool(keys) and self.happy.matches(post.text)
-        self._sessions.admit(post.author, post.event_time, keys, happy=happy)
+        self._sessions.admit_into(None, post.author, post.event_time, keys, happy)
 
     def restore(self, counts: Counts) -> None:
         """Put drained counts back (a write failed and will be retried)."""
         for (bucket, key), (tweets, happy) in counts.items():
             cells = self._buckets.setdefault(bucket, {})
-            cell = cells.get(key)
-            if cell is None:
-                cells[key] = [tweets, happy]
-            else:
-                cell[0] += tweets
-                cell[1] += happy
+            cells[key] = cells.get(key, 0) + tweets * ONE_TWEET + happy
 
     def drain(self) -> Counts:
         """Return the counts accumulated since the last drain, and start afresh."""
         buckets, self._buckets = self._buckets, {}
         return {
-            (bucket, key): cell
+            (bucket, key): [cell // ONE_TWEET, cell & HAPPY_MASK]
             for bucket, cells in buckets.items()
             for key, cell in cells.items()
-            if cell[0] or cell[1]
+            if cell
         }

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 import threading
 from collections.abc import Iterator
+from contextlib import contextmanager
 from types import FrameType
 
 from happyhashtags.sources.base import Batch, Source
 
-__all__ = ["StoppableEngine"]
+__all__ = ["StoppableEngine", "fewer_collections"]
 
 log = logging.getLogger(__name__)
 
@@ -54,3 +56,20 @@ class StoppableEngine:
             return next(batches, None)
         finally:
             self._waiting_for_source = False
+
+
+@contextmanager
+def fewer_collections(threshold: int = 100_000) -> Iterator[None]:
+    """Run the cycle collector's youngest generation every `threshold` net allocations of
+    tracked objects instead of every 700 (CPython's default), then restore the settings.
+
+    Counting keeps hundreds of thousands of objects alive; at the default every young collection
+    also promotes them and older collections walk them again, for no garbage: the counting
+    state holds no reference cycles. Measured on the 1M-post benchmark: about 4 % of a run.
+    """
+    before = gc.get_threshold()
+    gc.set_threshold(max(threshold, before[0]), *before[1:])
+    try:
+        yield
+    finally:
+        gc.set_threshold(*before)

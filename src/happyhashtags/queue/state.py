@@ -56,6 +56,8 @@ _CONFIG = (
     "max_session_keys",
 )
 
+_STATE_FORMAT = 2  # 2: sessions are msgspec structs, cells packed ints (0.1.0 development)
+
 
 class SnapshotError(Exception):
     """A snapshot could not be used (missing, altered, or made with other settings)."""
@@ -90,7 +92,10 @@ class SnapshotRef:
 
 def counter_fingerprint(counter: PostCounter) -> str:
     """The counting settings a snapshot is only valid for (bucket, sessions, markers, ...)."""
-    values = {name: getattr(counter, name, None) for name in _CONFIG}
+    values: dict[str, object] = {name: getattr(counter, name, None) for name in _CONFIG}
+    # The layout of the pickled state: snapshots of an older layout are refused (and the state is
+    # rebuilt by replaying the stream), never half understood.
+    values["state_format"] = _STATE_FORMAT
     happy = getattr(counter, "happy", None)
     values["happy"] = list(getattr(happy, "markers", ()))
     return hashlib.sha256(json.dumps(values, sort_keys=True).encode()).hexdigest()[:16]
