@@ -12,7 +12,7 @@ from happyhashtags.aggregate import PostCounter
 from happyhashtags.errors import DecodeError
 from happyhashtags.formats.x import decode_x
 from happyhashtags.model import Post
-from happyhashtags.sessions import SessionTracker
+from happyhashtags.sessions import SessionTracker, _size
 from reference import count_reference, crafted_stream
 
 GAP = 1800.0
@@ -239,7 +239,7 @@ def test_max_session_keys_bounds_the_hashtags_all_sessions_remember() -> None:
     tracker = SessionTracker(gap=1e9, allowed_lateness=1e9, expire_every=10**9, max_session_keys=50)
     for i in range(200):
         tracker.admit(f"a{i % 40}", float(i), [f"k{i}", f"j{i}"], happy=i % 3 == 0)
-        held = sum(len(s.seen) + len(s.happy) for s in tracker._sessions.values())
+        held = sum(_size(s.seen) + _size(s.happy) for s in tracker._sessions.values())
         assert held == tracker._key_count  # the running total stays exact
         assert held <= 50
     assert tracker.admit("a39", 200.0, ["k199"], happy=False) == []  # the most recent is kept
@@ -251,3 +251,45 @@ def test_a_new_session_releases_the_old_sessions_hashtags() -> None:
     assert tracker._key_count == 4
     tracker.admit("a", 100.0, ["z"], happy=False)
     assert tracker._key_count == 1
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from(["a", "b"]),
+            st.lists(st.text(alphabet="ab\u00e9", min_size=1, max_size=3), max_size=4),
+            st.booleans(),
+        ),
+        max_size=60,
+    ),
+    st.integers(min_value=2, max_value=64),
+)
+def test_session_keys_behave_as_sets_whatever_they_share(
+    posts: list[tuple[str, list[str], bool]], large: int
+) -> None:
+    # Keys are kept in one string while small: "a" must not be found inside "ba" or "ab", and
+    # moving to a set past the size limit (small here, to cross it often) must lose nothing.
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr("happyhashtags.sessions._LARGE", large)
+        _check_against_sets(posts)
+
+
+def _check_against_sets(posts: list[tuple[str, list[str], bool]]) -> None:
+    tracker = SessionTracker(gap=1e9)
+    seen: dict[str, set[str]] = {"a": set(), "b": set()}
+    happy_seen: dict[str, set[str]] = {"a": set(), "b": set()}
+    for t, (author, keys, happy) in enumerate(posts):
+        keys = list(dict.fromkeys(keys))
+        expected = []
+        for key in keys:
+            new = key not in seen[author]
+            new_happy = happy and key not in happy_seen[author]
+            seen[author].add(key)
+            if happy:
+                happy_seen[author].add(key)
+            if new or new_happy:
+                expected.append((key, int(new), int(new_happy)))
+        assert tracker.admit(author, float(t), keys, happy=happy) == expected
+    held = sum(len(s) for s in seen.values()) + sum(len(s) for s in happy_seen.values())
+    assert tracker._key_count == held

@@ -131,7 +131,7 @@ class PostCounter:
         dedupe_capacity: int = 1_000_000,
         allowed_lateness: float = 3600.0,
         max_sessions: int = 500_000,
-        max_session_keys: int = 1_000_000,
+        max_session_keys: int = 2_000_000,
     ) -> None:
         if bucket_seconds <= 0 or bucket_seconds != int(bucket_seconds):
             raise ValueError("bucket_seconds must be a positive whole number")

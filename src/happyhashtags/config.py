@@ -94,7 +94,7 @@ class Settings(BaseSettings):
         default=500_000, ge=1, description="Live anti-spam sessions kept in memory at most."
     )
     max_session_keys: int = Field(
-        default=1_000_000, ge=1, description="Hashtags remembered by all sessions at most."
+        default=2_000_000, ge=1, description="Hashtags remembered by all sessions at most."
     )
     demo_count: int = Field(default=20_000, ge=1, description="Posts in the demo stream.")
     demo_seed: int = Field(default=42, description="Seed of the demo stream.")

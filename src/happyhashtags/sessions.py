@@ -30,30 +30,41 @@ Cells = dict[str, int]
 One int per cell, not a two-item list: an addition is one dict update, an int takes less than
 half the memory, and ints are not tracked by the cycle collector."""
 
-_SMALL = 8
-"""Keys held in a tuple before a session switches to a set."""
+_Keys = str | set[str]
+"""The hashtags a session has counted.
 
-_Keys = tuple[str, ...] | set[str]
+Most sessions hold one to three hashtags, and memory per session is what bounds how many authors
+can be tracked at once. So a session's hashtags are one string, each key followed by a NUL:
+``"\0cats\0dogs\0"``; ``"\0cats\0" in keys`` tests one. That takes about a byte per
+character: a tuple of separate strings took about 70 bytes per hashtag more where hashtags are
+not shared (a stream with millions of distinct ones). Keys never hold NUL (`PostCounter` replaces
+it). Past `_LARGE` characters (a spammer's session) the keys move to a set, so adding stays O(1).
+"""
+
+_NONE = "\0"
+_LARGE = 512
 
 
 def _with(keys: _Keys, key: str) -> _Keys:
-    # Most sessions hold one to three hashtags: a tuple of one takes 48 bytes, a set 216. Memory
-    # per session is what bounds how many authors can be tracked at once.
-    if isinstance(keys, tuple):
-        if len(keys) < _SMALL:
-            return (*keys, key)
-        keys = set(keys)
-    keys.add(key)
+    if keys.__class__ is str:
+        if len(keys) < _LARGE:
+            return f"{keys}{key}\0"
+        keys = set(keys[1:-1].split("\0"))
+    keys.add(key)  # type: ignore[union-attr]
     return keys
+
+
+def _size(keys: _Keys) -> int:
+    return keys.count("\0") - 1 if isinstance(keys, str) else len(keys)
 
 
 class _Session(msgspec.Struct, gc=False):
     # A msgspec struct: built in C, and not tracked by the cycle collector (it holds only a float
-    # and tuples or sets of strings, so it can never be part of a cycle). Hundreds of thousands
+    # and strings or sets of strings, so it can never be part of a cycle). Hundreds of thousands
     # of these are alive at once; tracked objects would make every collection walk them all.
     latest: float
-    seen: _Keys = ()
-    happy: _Keys = ()
+    seen: _Keys = _NONE
+    happy: _Keys = _NONE
 
 
 class SessionTracker:
@@ -92,7 +103,7 @@ class SessionTracker:
         allowed_lateness: float = 3600.0,
         expire_every: int = 65536,
         max_sessions: int = 500_000,
-        max_session_keys: int = 1_000_000,
+        max_session_keys: int = 2_000_000,
     ) -> None:
         if gap <= 0:
             raise ValueError("a session gap must be positive (0 means: use no SessionTracker)")
@@ -134,7 +145,7 @@ class SessionTracker:
         session = self._sessions.get(author)
         if session is None or event_time > session.latest + self.gap:
             if session is not None:
-                self._key_count -= len(session.seen) + len(session.happy)
+                self._key_count -= _size(session.seen) + _size(session.happy)
             session = self._sessions[author] = _Session(event_time)
             if len(self._sessions) > self.max_sessions:
                 self.expire()
@@ -150,17 +161,17 @@ class SessionTracker:
         seen, happy_seen = session.seen, session.happy
         added = 0
         for key in keys:
-            if key not in seen:
+            probe = f"\0{key}\0"
+            if (probe not in seen) if seen.__class__ is str else (key not in seen):
                 new = 1
-                # _with's common case inline: a short tuple grows by one.
-                seen = (
-                    (*seen, key)
-                    if len(seen) < _SMALL and seen.__class__ is tuple
-                    else _with(seen, key)
-                )
+                seen = _with(seen, key)
             else:
                 new = 0
-            if happy and key not in happy_seen:
+            if happy and (
+                (probe not in happy_seen)
+                if happy_seen.__class__ is str
+                else (key not in happy_seen)
+            ):
                 new_happy = 1
                 happy_seen = _with(happy_seen, key)
             elif new:
@@ -216,4 +227,4 @@ class SessionTracker:
 
     def _drop(self, author: str) -> None:
         session = self._sessions.pop(author)
-        self._key_count -= len(session.seen) + len(session.happy)
+        self._key_count -= _size(session.seen) + _size(session.happy)

@@ -56,7 +56,7 @@ _CONFIG = (
     "max_session_keys",
 )
 
-_STATE_FORMAT = 2  # 2: sessions are msgspec structs, cells packed ints (0.1.0 development)
+_STATE_FORMAT = 3  # 3: session keys in one string (0.1.0 development)
 
 
 class SnapshotError(Exception):
