@@ -480,18 +480,22 @@ def _unread(fd: int) -> int:
     return buffer[0]
 
 
-def test_sigterm_flushes_what_was_read_and_exits_cleanly(tmp_path: Path) -> None:
+@pytest.mark.parametrize("workers", [1, 2])
+def test_sigterm_flushes_what_was_read_and_exits_cleanly(tmp_path: Path, workers: int) -> None:
     url = f"sqlite:///{tmp_path / 'counts.db'}"
     process = subprocess.Popen(
         [sys.executable, "-m", "happyhashtags", "run", "--source", "-", "--database", url,
-         "--migrate", "--flush-interval", "1h", "--session-gap", "0", "--top", "0"],
+         "--migrate", "--flush-interval", "1h", "--session-gap", "0", "--top", "0",
+         "--workers", str(workers)],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
     )  # fmt: skip
     assert process.stdin is not None
     try:
-        lines = crafted_stream(77, 300, timeless=False)
+        # Ids from a wide range: copies of one post by different authors (which workers, split
+        # by author, cannot recognise) would need a repeated id.
+        lines = crafted_stream(77, 300, timeless=False, ids=10**9)
         process.stdin.write(b"\n".join(lines) + b"\n")
         process.stdin.flush()
         # Wait until every byte is out of the pipe and the process waits for more.

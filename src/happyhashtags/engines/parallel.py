@@ -1,13 +1,19 @@
-"""The parallel engine: one reader process routes lines to N counting worker processes.
+"""The parallel engine: N counting processes, one of which also reads the source.
 
-Lines are routed by author (`formats.get_partition_key`), so each author's posts, and every
-copy of a post, reach the same worker: anti-spam sessions and duplicate detection stay exact,
-and since counts only add up, the workers' upserts give the same `hashtag_counts` as one
-process. Each worker runs a `LocalEngine` with its own database connection.
+The first process reads the source and routes each line by author (`formats.get_partition_key`)
+to itself or to one of N - 1 worker processes, so each author's posts, and every copy of a post,
+reach the same process: anti-spam sessions and duplicate detection stay exact, and since counts
+only add up, the processes' upserts give the same `hashtag_counts` as one process. Every process
+runs a `LocalEngine` with its own database connection.
+
+The reader counts a share itself rather than only routing: on a machine with as many cores as
+processes a pure router would leave a core's worth of work competing for the same cores. Its
+share is a little smaller than a worker's, for the reading and routing it also does.
 """
 
 from __future__ import annotations
 
+import copy
 import multiprocessing
 import queue
 import signal
@@ -15,6 +21,7 @@ import time
 import zlib
 from collections.abc import Iterator
 from multiprocessing.context import SpawnProcess
+from types import FrameType
 from typing import Any
 
 from happyhashtags.aggregate import PostCounter
@@ -28,6 +35,7 @@ from happyhashtags.storage.store import Store
 __all__ = ["ParallelEngine"]
 
 _QUEUE_DEPTH = 8  # batches in flight per worker: enough to hide jitter, bounded memory
+_READER_WEIGHT = 8  # the reader's share of the author hash space, in tenths of a worker's
 
 
 class _QueueSource:
@@ -84,6 +92,53 @@ def _worker_main(
             pass
 
 
+class _Router:
+    """The reader's source: reads the real source, sends each worker its lines, and yields the
+    lines that belong to this process."""
+
+    name = "router"
+    total: int | None = None
+
+    def __init__(self, engine: ParallelEngine, inboxes: list[Any], outbox: Any) -> None:
+        self._engine = engine
+        self._inboxes = inboxes
+        self._outbox = outbox
+        self.format = engine.source.format
+        self.lines_read = 0
+        self._ended = False
+
+    def batches(self) -> Iterator[Batch]:
+        engine = self._engine
+        key = get_partition_key(self.format)
+        inboxes, outbox = self._inboxes, self._outbox
+        # Hash slots per process: the reader takes _READER_WEIGHT of a worker's share.
+        slots = [0] * _READER_WEIGHT + [i + 1 for i in range(len(inboxes)) for _ in range(10)]
+        n = len(slots)
+        crc32 = zlib.crc32
+        for batch in engine.source.batches():
+            parts: list[list[bytes]] = [[] for _ in range(len(inboxes) + 1)]
+            for line in batch.lines:
+                parts[slots[crc32(key(line)) % n]].append(line)
+            for inbox, part in zip(inboxes, parts[1:], strict=True):
+                if part:
+                    # Line numbers are lost in the shuffle: dead letters name the origin only.
+                    engine._put(inbox, (part, batch.received_at, batch.origin), outbox)
+            self.lines_read += len(batch.lines)
+            if engine._progress is not None:
+                engine._progress(self.lines_read, self.lines_read)
+            yield Batch(parts[0], batch.received_at, batch.origin)
+
+    def end(self, inboxes: list[Any]) -> None:
+        """Tell every worker its input is over (once)."""
+        if not self._ended:
+            self._ended = True
+            for inbox in inboxes:
+                inbox.put(None)
+
+    def close(self) -> None:
+        self._engine.source.close()
+
+
 class ParallelEngine(StoppableEngine):
     """Like `LocalEngine`, with the counting spread over `workers` processes.
 
@@ -115,12 +170,13 @@ class ParallelEngine(StoppableEngine):
         self.flush_posts = flush_posts
         self.flush_interval = flush_interval
         self._progress = progress
+        self._local: LocalEngine | None = None
 
     def run(self) -> RunSummary:
-        """Route the source's lines to the workers; return the merged summary."""
+        """Count the source's lines here and in the workers; return the merged summary."""
         context = multiprocessing.get_context("spawn")
         outbox = context.Queue()
-        inboxes = [context.Queue(maxsize=_QUEUE_DEPTH) for _ in range(self.workers)]
+        inboxes = [context.Queue(maxsize=_QUEUE_DEPTH) for _ in range(self.workers - 1)]
         url = self.store.url.render_as_string(hide_password=False)
         processes: list[SpawnProcess] = []
         for inbox in inboxes:
@@ -139,40 +195,37 @@ class ParallelEngine(StoppableEngine):
             process.start()
             processes.append(process)
         started = time.monotonic()
-        interrupted = False
-        lines_read = 0
+        router = _Router(self, inboxes, outbox)
+        local = LocalEngine(
+            source=router,
+            counter=copy.deepcopy(self.counter),
+            store=self.store,
+            flush_posts=max(1, self.flush_posts // self.workers),
+            flush_interval=self.flush_interval,
+        )
+        self._local = local
         try:
-            lines_read = self._route(inboxes, outbox)
-        except KeyboardInterrupt:
-            interrupted = True
+            summary = local.run()
         finally:
-            self.source.close()
-            for inbox in inboxes:
-                inbox.put(None)
-        summary = self._collect(outbox, processes)
+            router.end(inboxes)
+        summary = self._collect(outbox, processes, summary)
         summary.elapsed = time.monotonic() - started
-        summary.interrupted = interrupted
-        summary.lines = max(summary.lines, lines_read)
+        summary.lines = max(summary.lines, router.lines_read)
         return summary
 
-    def _route(self, inboxes: list[Any], outbox: Any) -> int:
-        key = get_partition_key(self.source.format)
-        n = self.workers
-        crc32 = zlib.crc32
-        lines_read = 0
-        batches = self.source.batches()
-        while (batch := self._next_batch(batches)) is not None:
-            parts: list[list[bytes]] = [[] for _ in range(n)]
-            for line in batch.lines:
-                parts[crc32(key(line)) % n].append(line)
-            for inbox, part in zip(inboxes, parts, strict=True):
-                if part:
-                    # Line numbers are lost in the shuffle: dead letters name the origin only.
-                    self._put(inbox, (part, batch.received_at, batch.origin), outbox)
-            lines_read += len(batch.lines)
-            if self._progress is not None:
-                self._progress(lines_read, lines_read)
-        return lines_read
+    def request_stop(self) -> None:
+        """Stop reading; every process flushes what it counted. Safe from a signal handler."""
+        super().request_stop()
+        if self._local is not None:
+            self._local.request_stop()
+
+    def handle_signal(self, signum: int, frame: FrameType | None) -> None:
+        # The reader's LocalEngine knows whether it is blocked in a read of the source.
+        if self._local is not None:
+            self._stopping.set()
+            self._local.handle_signal(signum, frame)
+        else:
+            super().handle_signal(signum, frame)
 
     @staticmethod
     def _put(inbox: Any, item: Any, outbox: Any) -> None:
@@ -184,8 +237,9 @@ class ParallelEngine(StoppableEngine):
                 if not outbox.empty():  # a worker failed: stop feeding
                     raise HappyHashtagsError("a worker failed; see the error below") from None
 
-    def _collect(self, outbox: Any, processes: list[SpawnProcess]) -> RunSummary:
-        merged = RunSummary()
+    def _collect(
+        self, outbox: Any, processes: list[SpawnProcess], merged: RunSummary
+    ) -> RunSummary:
         errors: list[str] = []
         for _ in processes:
             try:

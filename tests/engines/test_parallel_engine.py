@@ -1,0 +1,46 @@
+"""The parallel engine: N processes (the reader counts a share too) write the same counts as one,
+whatever the number of processes; a resumable source or a single worker is refused."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from happyhashtags.aggregate import PostCounter
+from happyhashtags.engines.parallel import ParallelEngine
+from happyhashtags.errors import ConfigError
+from happyhashtags.sources.files import FileSource
+from happyhashtags.storage import Store
+from reference import count_reference, crafted_stream
+
+
+@pytest.mark.parametrize("workers", [2, 3])
+def test_every_process_count_adds_up_to_the_reference(
+    tmp_path: Path, database_url: str, workers: int
+) -> None:
+    # Wide ids: a repeated id is a repeated post by the same author, as in X streams, so the
+    # copies meet in one process (split by author) and are recognised there.
+    lines = crafted_stream(5, 3000, timeless=False, authors=40, ids=10**9)
+    path = tmp_path / "stream.jsonl"
+    path.write_bytes(b"\n".join(lines) + b"\n")
+    reference = count_reference(lines, session_gap=1800.0)
+    with Store(url=database_url) as store:
+        store.migrate()
+        engine = ParallelEngine(
+            source=FileSource([str(path)]),
+            counter=PostCounter(session_gap=1800.0),
+            store=store,
+            workers=workers,
+            flush_posts=200,
+        )
+        summary = engine.run()
+        assert store.counts() == reference.counts
+    assert summary.posts == reference.posts
+    assert summary.lines == len(lines)
+    assert summary.flushes >= workers  # every process, the reader too, wrote its share
+
+
+def test_one_worker_or_a_resumable_source_is_refused(sqlite_url: str) -> None:
+    with Store(url=sqlite_url) as store, pytest.raises(ConfigError, match="at least 2"):
+        ParallelEngine(source=FileSource([__file__]), counter=PostCounter(), store=store, workers=1)
