@@ -120,7 +120,8 @@ class _Router:
             for line in batch.lines:
                 parts[slots[crc32(key(line)) % n]].append(line)
             for inbox, part in zip(inboxes, parts[1:], strict=True):
-                if part:
+                # An empty batch (a quiet source) goes to every worker: it may be time to flush.
+                if part or not batch.lines:
                     # Line numbers are lost in the shuffle: dead letters name the origin only.
                     engine._put(inbox, (part, batch.received_at, batch.origin), outbox)
             self.lines_read += len(batch.lines)

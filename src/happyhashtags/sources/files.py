@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import bz2
+import contextlib
 import glob
 import gzip
 import io
 import lzma
+import os
+import select
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -94,7 +97,7 @@ def _batch(lines: list[bytes], received_at: float, origin: str, line_no: int) ->
 
 
 def _read_lines(
-    read: Callable[[int], bytes],
+    read: Callable[[int], bytes | None],
     origin: str,
     clock: Clock,
     closed: list[bool],
@@ -107,8 +110,9 @@ def _read_lines(
 
     `read` is a ``read1``: it returns what one read gives. With `fill` (files), reads go on until
     `chunk_size` bytes are in hand, so a batch holds thousands of lines even where a decompressor
-    returns 50 KB at a time; without it (pipes) every read is passed on at once. After a read
-    error the lines read before it are still yielded, then a `SourceError` is raised.
+    returns 50 KB at a time; without it (pipes) every read is passed on at once. A read that
+    returns None (a quiet pipe) yields an empty batch, so the engine can flush on time. After a
+    read error the lines read before it are still yielded, then a `SourceError` is raised.
     """
     # The unfinished line and the reads since, in pieces: joined once, not re-copied per read.
     pieces: list[bytes] = []
@@ -121,6 +125,9 @@ def _read_lines(
         except (OSError, EOFError, lzma.LZMAError) as exc:
             error = f"cannot read {origin}: {exc}"
             break
+        if piece is None:
+            yield Batch([], clock(), origin, line_no)
+            continue
         if piece:
             pieces.append(piece)
             size += len(piece)
@@ -191,31 +198,69 @@ class FileSource:
 
 
 class StdinSource:
-    """JSON Lines on standard input (``--source -``), plain or compressed."""
+    """JSON Lines on standard input (``--source -``), plain or compressed.
+
+    While a plain pipe stays quiet for `quiet_after` seconds the source yields an empty batch, so
+    a live pipe's counts are still flushed on time, not only when more input comes. (A compressed
+    pipe is read with blocking reads: its decompressor may hold data the pipe no longer shows.)
+    """
 
     name = "stdin"
 
     def __init__(
-        self, *, stream: BinaryIO | None = None, format: str = "x", clock: Clock = system_clock
+        self,
+        *,
+        stream: BinaryIO | None = None,
+        format: str = "x",
+        clock: Clock = system_clock,
+        quiet_after: float = 1.0,
     ) -> None:
         self._stream = stream
         self.format = format
         self.total: int | None = None
+        self.quiet_after = quiet_after
         self._clock = clock
         self._closed = [False]
 
     def batches(self) -> Iterator[Batch]:
-        stream = self._stream if self._stream is not None else sys.stdin.buffer
-        source = open_maybe_compressed(stream)
+        stream = _buffered(self._stream if self._stream is not None else sys.stdin.buffer)
+        source = open_maybe_compressed(cast(BinaryIO, stream))
         # read1 returns what is there now: whole batches from a file piped in, and each line of a
         # live pipe as soon as it arrives.
-        read1 = getattr(source, "read1", source.read)
+        read: Callable[[int], bytes | None] = getattr(source, "read1", source.read)
+        if source is stream:  # not compressed: the pipe itself
+            with contextlib.suppress(OSError, ValueError):  # no file descriptor (in memory)
+                read = _waiting_reads(stream, stream.fileno(), self.quiet_after)
         yield from _read_lines(
-            read1, "stdin", self._clock, self._closed, chunk_size=_PIPE_CHUNK, fill=False
+            read, "stdin", self._clock, self._closed, chunk_size=_PIPE_CHUNK, fill=False
         )
 
     def close(self) -> None:
         self._closed[0] = True
+
+
+def _waiting_reads(
+    buffered: io.BufferedReader, fd: int, quiet_after: float
+) -> Callable[[int], bytes | None]:
+    """Reads of `fd` that return None when nothing arrives for `quiet_after` seconds.
+
+    The bytes `buffered` already holds (read while sniffing the compression) come first; after
+    that, reads go to the file descriptor itself, so `select` sees everything not yet read and
+    nothing is ever read but not returned.
+    """
+    pending = [True]
+
+    def read(size: int) -> bytes | None:
+        if pending[0]:
+            pending[0] = False
+            held = buffered.peek()  # what the buffer holds, without reading more (b"" at the end)
+            return buffered.read(len(held))
+        ready, _, _ = select.select([fd], [], [], quiet_after)
+        if not ready:
+            return None
+        return os.read(fd, size)
+
+    return read
 
 
 def files_from_settings(_settings: Settings, spec: str) -> FileSource:
