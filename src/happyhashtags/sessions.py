@@ -35,8 +35,8 @@ _Keys = str | set[str]
 
 Most sessions hold one to three hashtags, and memory per session is what bounds how many authors
 can be tracked at once. So a session's hashtags are one string, each key followed by a NUL:
-``"\0cats\0dogs\0"``; ``"\0cats\0" in keys`` tests one. That takes about a byte per
-character: a tuple of separate strings took about 70 bytes per hashtag more where hashtags are
+``"\\0cats\\0dogs\\0"``; ``"\\0cats\\0" in keys`` tests one. That takes about a byte per
+character: a tuple of separate strings took about 40 bytes per hashtag more where hashtags are
 not shared (a stream with millions of distinct ones). Keys never hold NUL (`PostCounter` replaces
 it). Past `_LARGE` characters (a spammer's session) the keys move to a set, so adding stays O(1).
 """
