@@ -145,6 +145,7 @@ def test_limit_stops_after_that_many_posts(tmp_path: Path) -> None:
     lines = crafted_stream(5, 400, bad=False)
     engine = _run(_store(tmp_path), ListSource(lines, [7]), limit=50, session_gap=0.0)
     assert engine.summary.posts == 50
+    assert not engine.summary.interrupted  # the limit is an end, not an interruption
     reference = count_reference(lines[: engine.summary.lines], received_at=READ_AT)
     assert engine.store.counts() == reference.counts
 
@@ -230,6 +231,7 @@ def test_request_stop_ends_the_run_with_a_flush(tmp_path: Path) -> None:
     summary = engine.run()
     assert summary.lines == 200
     assert source.closed
+    assert summary.interrupted  # stopped while counting, not in a read: still an interruption
     assert store.counts() == count_reference(lines[:200]).counts
 
 

@@ -30,6 +30,7 @@ class StoppableEngine:
         self.source = source
         self._stopping = threading.Event()
         self._waiting_for_source = False
+        self.stop_requested = False  # by request_stop (a signal): the run was interrupted
 
     @property
     def stopping(self) -> bool:
@@ -37,6 +38,7 @@ class StoppableEngine:
 
     def request_stop(self) -> None:
         """Stop after the current post; safe from a signal handler."""
+        self.stop_requested = True
         self._stopping.set()
         self.source.close()
 

@@ -130,6 +130,8 @@ class LocalEngine(StoppableEngine):
                     if self._writer is not None:
                         self._writer.shutdown(wait=True)
                         self._writer = None
+                # Stopped on request wherever the signal found it (reading, counting, writing).
+                summary.interrupted = summary.interrupted or self.stop_requested
                 summary.elapsed = self._clock() - started
                 summary.counted = self.counter.stats.counted
                 summary.duplicates = self.counter.stats.duplicates

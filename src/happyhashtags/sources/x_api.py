@@ -222,6 +222,9 @@ class XApiSource:
             headers={"Authorization": f"Bearer {self._token}", "User-Agent": user_agent()},
             timeout=httpx.Timeout(self.stall_timeout, connect=self.connect_timeout),
             follow_redirects=False,
+            # A new connection for every reconnect: a pooled one the server already closed would
+            # fail at once ("disconnected without sending a response") and cost a back-off step.
+            limits=httpx.Limits(max_keepalive_connections=0),
         )
         try:
             while not self._stop.is_set():
