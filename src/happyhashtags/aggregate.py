@@ -155,7 +155,7 @@ class PostCounter:
             if session_gap > 0
             else None
         )
-        # bucket start -> {hashtag: [tweets, happy_tweets]}: no tuple key per increment.
+        # bucket start -> {hashtag: packed (tweets, happy_tweets)} (see Cells): no tuple keys.
         self._buckets: dict[int, Cells] = {}
         # Hashtag as written -> counting key. Bounded: cleared when it grows past 2**16.
         self._norm: dict[str, str] = {}

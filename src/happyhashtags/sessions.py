@@ -124,7 +124,11 @@ class SessionTracker:
     def admit(
         self, author: str, event_time: float, keys: Sequence[str], *, happy: bool
     ) -> list[tuple[str, int, int]]:
-        """Record a post; return ``(key, add_to_tweets, add_to_happy)`` for the keys that count."""
+        """Record a post; return ``(key, add_to_tweets, add_to_happy)`` for the keys that count.
+
+        Keys are normalized hashtags, which never hold NUL (see `_Keys`; `PostCounter` replaces
+        it).
+        """
         cells: Cells = {}
         self.admit_into(cells, author, event_time, keys, happy)
         return [(key, cell // ONE_TWEET, cell & HAPPY_MASK) for key, cell in cells.items()]

@@ -3,6 +3,7 @@ sizes and flush points, and a stop (or a signal) still flushes."""
 
 from __future__ import annotations
 
+import gc
 import signal
 import tempfile
 import threading
@@ -245,3 +246,20 @@ def test_overlapped_and_synchronous_writes_give_the_same_counts(
     )
     assert engine.summary.flushes > 10
     assert store.counts() == count_reference(STREAM, received_at=READ_AT).counts
+
+
+def test_the_collector_runs_less_often_during_a_run_and_as_before_after_it(
+    tmp_path: Path,
+) -> None:
+    before = gc.get_threshold()
+    during: list[tuple[int, int, int]] = []
+    engine = LocalEngine(
+        source=ListSource(crafted_stream(3, 300, bad=False), [100]),
+        counter=PostCounter(),
+        store=_store(tmp_path),
+        progress=lambda _lines, _posts: during.append(gc.get_threshold()),
+    )
+    engine.run()
+    assert during
+    assert all(t[0] >= 100_000 and t[1:] == before[1:] for t in during)
+    assert gc.get_threshold() == before
