@@ -442,6 +442,34 @@ def test_a_stop_during_a_blocked_read_flushes_every_post_received(sqlite_url: st
     assert_counted_once(store, range(1, 7))
 
 
+def test_a_quiet_stream_is_flushed_on_its_keep_alives(sqlite_url: str) -> None:
+    # After the posts only keep-alives come (every 0.1 s here, 20 s from X): the counts must
+    # reach the database within the flush interval, not when the next post comes.
+    with FakeXApi(idle_keepalive=0.1) as api:
+        api.script("x-filtered", [Posts(6)])
+        store = Store(url=sqlite_url)
+        store.migrate()
+        engine = LocalEngine(
+            source=XApiSource(token=api.token, base_url=api.url),
+            counter=PostCounter(session_gap=0),
+            store=store,
+            flush_posts=1_000_000,
+            flush_interval=0.3,
+        )
+        thread = threading.Thread(target=engine.run, daemon=True)
+        thread.start()
+        try:
+            deadline = time.monotonic() + 10
+            while sum(tweets for tweets, _ in store.counts().values()) < 6:
+                assert time.monotonic() < deadline, "not flushed while the stream was quiet"
+                time.sleep(0.1)
+            assert thread.is_alive()  # still connected: flushed by time, not by the end
+        finally:
+            engine.request_stop()
+            thread.join(5)
+    assert_counted_once(store, range(1, 7))
+
+
 # -- the command line ----------------------------------------------------------------------------
 
 

@@ -326,6 +326,10 @@ class XApiSource:
             if messages:
                 yield Batch(messages, self._clock(), self.name)
                 self._count(len(messages))
+            elif ended is None:
+                # Only keep-alives (every 20 s on a quiet stream): an empty batch, so the engine
+                # still flushes what it counted instead of waiting for the next post.
+                yield Batch([], self._clock(), self.name)
         # A last line cut short by the drop is incomplete, unless it is whole JSON without its
         # "\r\n" (which X always sends, but a post that is all there is worth keeping).
         tail = splitter.pending.strip()
