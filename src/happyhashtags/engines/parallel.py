@@ -99,8 +99,15 @@ class _Router:
     name = "router"
     total: int | None = None
 
-    def __init__(self, engine: ParallelEngine, inboxes: list[Any], outbox: Any) -> None:
+    def __init__(
+        self,
+        engine: ParallelEngine,
+        inboxes: list[Any],
+        outbox: Any,
+        processes: list[SpawnProcess],
+    ) -> None:
         self._engine = engine
+        self._processes = processes
         self._inboxes = inboxes
         self._outbox = outbox
         self.format = engine.source.format
@@ -123,18 +130,29 @@ class _Router:
                 # An empty batch (a quiet source) goes to every worker: it may be time to flush.
                 if part or not batch.lines:
                     # Line numbers are lost in the shuffle: dead letters name the origin only.
-                    engine._put(inbox, (part, batch.received_at, batch.origin), outbox)
+                    engine._put(
+                        inbox, (part, batch.received_at, batch.origin), outbox, self._processes
+                    )
             self.lines_read += len(batch.lines)
             if engine._progress is not None:
                 engine._progress(self.lines_read, self.lines_read)
             yield Batch(parts[0], batch.received_at, batch.origin)
 
     def end(self, inboxes: list[Any]) -> None:
-        """Tell every worker its input is over (once)."""
-        if not self._ended:
-            self._ended = True
-            for inbox in inboxes:
-                inbox.put(None)
+        """Tell every live worker its input is over (once)."""
+        if self._ended:
+            return
+        self._ended = True
+        for inbox, process in zip(inboxes, self._processes, strict=True):
+            while process.is_alive():
+                try:
+                    inbox.put(None, timeout=1.0)
+                    break
+                except queue.Full:
+                    continue
+            else:
+                # Nobody reads this queue any more: do not wait at exit to flush it into the pipe.
+                inbox.cancel_join_thread()
 
     def close(self) -> None:
         self._engine.source.close()
@@ -196,7 +214,7 @@ class ParallelEngine(StoppableEngine):
             process.start()
             processes.append(process)
         started = time.monotonic()
-        router = _Router(self, inboxes, outbox)
+        router = _Router(self, inboxes, outbox, processes)
         local = LocalEngine(
             source=router,
             counter=copy.deepcopy(self.counter),
@@ -207,6 +225,11 @@ class ParallelEngine(StoppableEngine):
         self._local = local
         try:
             summary = local.run()
+        except HappyHashtagsError:
+            # Routing stopped because a worker failed or died: raise what happened to it.
+            router.end(inboxes)
+            self._collect(outbox, processes, RunSummary())
+            raise
         finally:
             router.end(inboxes)
         summary = self._collect(outbox, processes, summary)
@@ -229,25 +252,36 @@ class ParallelEngine(StoppableEngine):
             super().handle_signal(signum, frame)
 
     @staticmethod
-    def _put(inbox: Any, item: Any, outbox: Any) -> None:
+    def _put(inbox: Any, item: Any, outbox: Any, processes: list[SpawnProcess]) -> None:
         while True:
             try:
                 inbox.put(item, timeout=1.0)
                 return
             except queue.Full:
-                if not outbox.empty():  # a worker failed: stop feeding
-                    raise HappyHashtagsError("a worker failed; see the error below") from None
+                if not outbox.empty():  # a worker failed: stop feeding; its error follows
+                    raise HappyHashtagsError("a worker failed") from None
+                if any(_died(process) for process in processes):
+                    raise HappyHashtagsError("a worker process died") from None
 
     def _collect(
         self, outbox: Any, processes: list[SpawnProcess], merged: RunSummary
     ) -> RunSummary:
         errors: list[str] = []
-        for _ in processes:
+        reports = 0
+        deadline = time.monotonic() + 600
+        while reports < len(processes):
             try:
-                status, payload = outbox.get(timeout=600)
+                status, payload = outbox.get(timeout=1.0)
             except queue.Empty:
-                errors.append("a worker did not report within 10 minutes")
-                break
+                dead = [p.exitcode for p in processes if _died(p)]
+                if dead:  # killed (by the OOM killer, say) before it could report
+                    errors.append(f"a worker process died without reporting (exit code {dead[0]})")
+                    break
+                if time.monotonic() > deadline:
+                    errors.append("a worker did not report within 10 minutes")
+                    break
+                continue
+            reports += 1
             if status == "ok":
                 part: RunSummary = payload
                 merged.lines += part.lines
@@ -264,3 +298,8 @@ class ParallelEngine(StoppableEngine):
         if errors:
             raise HappyHashtagsError("worker failed: " + "; ".join(errors))
         return merged
+
+
+def _died(process: SpawnProcess) -> bool:
+    """Whether a worker ended abnormally (a worker that reported exits with 0)."""
+    return not process.is_alive() and process.exitcode not in (0, None)
