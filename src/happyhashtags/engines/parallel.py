@@ -138,12 +138,12 @@ class _Router:
                 engine._progress(self.lines_read, self.lines_read)
             yield Batch(parts[0], batch.received_at, batch.origin)
 
-    def end(self, inboxes: list[Any]) -> None:
+    def end(self) -> None:
         """Tell every live worker its input is over (once)."""
         if self._ended:
             return
         self._ended = True
-        for inbox, process in zip(inboxes, self._processes, strict=True):
+        for inbox, process in zip(self._inboxes, self._processes, strict=True):
             while process.is_alive():
                 try:
                     inbox.put(None, timeout=1.0)
@@ -227,11 +227,11 @@ class ParallelEngine(StoppableEngine):
             summary = local.run()
         except HappyHashtagsError:
             # Routing stopped because a worker failed or died: raise what happened to it.
-            router.end(inboxes)
+            router.end()
             self._collect(outbox, processes, RunSummary())
             raise
         finally:
-            router.end(inboxes)
+            router.end()
         summary = self._collect(outbox, processes, summary)
         summary.elapsed = time.monotonic() - started
         summary.lines = max(summary.lines, router.lines_read)
