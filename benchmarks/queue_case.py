@@ -11,7 +11,6 @@ instead of a number.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import importlib
 import importlib.util
 import os
@@ -86,14 +85,12 @@ def delete_stream(nats_url: str, stream: str) -> None:
 
 async def _delete(nats_url: str, stream: str) -> None:
     import nats
-    from nats.js.errors import NotFoundError
+
+    from happyhashtags.queue.state import delete_stream
 
     connection = await nats.connect(nats_url, connect_timeout=5, max_reconnect_attempts=1)
     try:
-        js = connection.jetstream()
-        for name in (stream, f"OBJ_happyhashtags-state-{stream}"):
-            with contextlib.suppress(NotFoundError):
-                await js.delete_stream(name)
+        await delete_stream(connection.jetstream(), stream)
     finally:
         await connection.close()
 

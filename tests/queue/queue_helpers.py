@@ -9,7 +9,6 @@ test files that import from it. Test files define thin fixtures over these gener
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import shutil
 import signal
@@ -71,14 +70,12 @@ def _missing(what: str) -> None:
 
 async def _delete_stream(url: str, name: str) -> None:
     import nats
-    from nats.js.errors import NotFoundError
+
+    from happyhashtags.queue.state import delete_stream
 
     nc = await nats.connect(url, connect_timeout=2, allow_reconnect=False)
     try:
-        js = nc.jetstream()
-        for victim in (name, f"OBJ_happyhashtags-state-{name}"):
-            with contextlib.suppress(NotFoundError):
-                await js.delete_stream(victim)
+        await delete_stream(nc.jetstream(), name)
     finally:
         await nc.close()
 

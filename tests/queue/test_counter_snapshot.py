@@ -170,3 +170,31 @@ def test_a_restored_counter_keeps_this_runs_statistics() -> None:
     assert fresh.stats.posts == 0
     fresh.add(Post(id="1", author="a", event_time=2.0, text="x", hashtags=("t",)))
     assert fresh.stats.duplicates == 1  # it remembers the id from the snapshot
+
+
+def test_delete_stream_removes_the_stream_and_its_snapshot_store(
+    nats_url: str, unique_name: str
+) -> None:
+    import asyncio
+
+    import nats
+    from nats.js.errors import NotFoundError
+
+    from happyhashtags.queue.state import delete_stream, snapshot_bucket
+
+    async def scenario() -> None:
+        nc = await nats.connect(nats_url)
+        js = nc.jetstream()
+        try:
+            await js.add_stream(name=unique_name, subjects=[f"{unique_name}.>"])
+            await js.create_object_store(snapshot_bucket(unique_name))
+            await delete_stream(js, unique_name)
+            with pytest.raises(NotFoundError):
+                await js.stream_info(unique_name)
+            with pytest.raises(NotFoundError):
+                await js.object_store(snapshot_bucket(unique_name))
+            await delete_stream(js, unique_name)  # nothing left: not an error
+        finally:
+            await nc.close()
+
+    asyncio.run(scenario())

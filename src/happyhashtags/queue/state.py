@@ -40,8 +40,10 @@ __all__ = [
     "SnapshotRef",
     "SnapshotStore",
     "counter_fingerprint",
+    "delete_stream",
     "dump_counter",
     "load_counter_into",
+    "snapshot_bucket",
 ]
 
 log = logging.getLogger(__name__)
@@ -139,12 +141,27 @@ def snapshot_ref(position: int, name: str, blob: bytes, counter: PostCounter) ->
     )
 
 
+def snapshot_bucket(stream: str) -> str:
+    """The JetStream object store that holds `stream`'s counter snapshots."""
+    return f"happyhashtags-state-{stream}"
+
+
+async def delete_stream(js: JetStreamContext, stream: str) -> None:
+    """Delete `stream` and its snapshot object store, where they exist."""
+    from nats.js.errors import NotFoundError
+
+    with contextlib.suppress(NotFoundError):
+        await js.delete_stream(stream)
+    with contextlib.suppress(NotFoundError):
+        await js.delete_object_store(snapshot_bucket(stream))
+
+
 class SnapshotStore:
     """Counter snapshots in a JetStream object store named after the stream (async API)."""
 
     def __init__(self, js: JetStreamContext, *, stream: str, replicas: int = 1) -> None:
         self.js = js
-        self.bucket = f"happyhashtags-state-{stream}"
+        self.bucket = snapshot_bucket(stream)
         self.replicas = replicas
         self._store: ObjectStore | None = None
 
