@@ -117,7 +117,7 @@ class _Router:
     def batches(self) -> Iterator[Batch]:
         engine = self._engine
         key = get_partition_key(self.format)
-        inboxes, outbox = self._inboxes, self._outbox
+        inboxes = self._inboxes
         # Hash slots per process: the reader takes _READER_WEIGHT of a worker's share.
         slots = [0] * _READER_WEIGHT + [i + 1 for i in range(len(inboxes)) for _ in range(10)]
         n = len(slots)
@@ -130,13 +130,22 @@ class _Router:
                 # An empty batch (a quiet source) goes to every worker: it may be time to flush.
                 if part or not batch.lines:
                     # Line numbers are lost in the shuffle: dead letters name the origin only.
-                    engine._put(
-                        inbox, (part, batch.received_at, batch.origin), outbox, self._processes
-                    )
+                    self._put(inbox, (part, batch.received_at, batch.origin))
             self.lines_read += len(batch.lines)
             if engine._progress is not None:
                 engine._progress(self.lines_read, self.lines_read)
             yield Batch(parts[0], batch.received_at, batch.origin)
+
+    def _put(self, inbox: Any, item: Any) -> None:
+        while True:
+            try:
+                inbox.put(item, timeout=1.0)
+                return
+            except queue.Full:
+                if not self._outbox.empty():  # a worker failed: stop feeding; its error follows
+                    raise HappyHashtagsError("a worker failed") from None
+                if any(_died(process) for process in self._processes):
+                    raise HappyHashtagsError("a worker process died") from None
 
     def end(self) -> None:
         """Tell every live worker its input is over (once)."""
@@ -250,18 +259,6 @@ class ParallelEngine(StoppableEngine):
             self._local.handle_signal(signum, frame)
         else:
             super().handle_signal(signum, frame)
-
-    @staticmethod
-    def _put(inbox: Any, item: Any, outbox: Any, processes: list[SpawnProcess]) -> None:
-        while True:
-            try:
-                inbox.put(item, timeout=1.0)
-                return
-            except queue.Full:
-                if not outbox.empty():  # a worker failed: stop feeding; its error follows
-                    raise HappyHashtagsError("a worker failed") from None
-                if any(_died(process) for process in processes):
-                    raise HappyHashtagsError("a worker process died") from None
 
     def _collect(
         self, outbox: Any, processes: list[SpawnProcess], merged: RunSummary

@@ -52,7 +52,12 @@ class Source(Protocol):
     total: int | None
 
     def batches(self) -> Iterator[Batch]:
-        """Yield batches until the source ends (files) or is closed (streams)."""
+        """Yield batches until the source ends (files) or is closed (streams).
+
+        The engine checks its flush interval when a batch arrives, so a live source yields an
+        empty batch (no lines) at least every few seconds while nothing comes: otherwise what
+        was counted waits for the next post to be written.
+        """
         ...
 
     def close(self) -> None:
