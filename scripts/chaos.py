@@ -2,13 +2,13 @@
 
 1. Starts a private nats-server and a private PostgreSQL cluster (temporary directories, free
    loopback ports): the shared services are never touched.
-2. Ingests the demo stream (``--messages``) with ``happyhashtags ingest``, killing and
-   restarting nats-server under it once.
+2. Ingests the demo stream (``--messages`` posts, ``--posts-per-message``) with ``happyhashtags
+   ingest``, killing and restarting nats-server under it once.
 3. Runs two ``happyhashtags process`` chains at once on that stream, sessions on and off (two
    consumers, two databases), each killed with SIGKILL at random moments ``--kills`` times and
    restarted; PostgreSQL is restarted under them every ``--pg-every`` kills.
 4. Compares each database's ``hashtag_counts`` cell for cell with an uninterrupted count of the
-   same messages, and exits 1 on any difference.
+   same posts, and exits 1 on any difference.
 
     python scripts/chaos.py                            # 1,000,000 messages, 20 kills per chain
     python scripts/chaos.py --messages 200000 --kills 5 --seed 7
@@ -23,6 +23,7 @@ import argparse
 import contextlib
 import os
 import random
+import re
 import shutil
 import signal
 import socket
@@ -244,7 +245,8 @@ def reference(
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--messages", type=int, default=1_000_000)
+    parser.add_argument("--messages", type=int, default=1_000_000, help="demo posts to ingest")
+    parser.add_argument("--posts-per-message", type=int, default=2)
     parser.add_argument("--kills", type=int, default=20, help="SIGKILLs per process chain")
     parser.add_argument(
         "--pg-every", type=int, default=7, help="restart PostgreSQL every N kills (0: never)"
@@ -276,6 +278,8 @@ def main() -> int:
                 queue,
                 "--spool-dir",
                 str(root / "spool"),
+                "--posts-per-message",
+                str(options.posts_per_message),
                 env=env,
                 stdout=log,
                 stderr=log,
@@ -287,6 +291,13 @@ def main() -> int:
             if ingest.wait() != 0:
                 say(f"ingest failed: see {root / 'ingest.log'}")
                 return 1
+        ingest_log = (root / "ingest.log").read_bytes()
+        stored = re.search(rb"JetStream stored ([\d,]+) messages", ingest_log)
+        if stored is None:
+            say(f"ingest did not say how many messages it stored: see {root / 'ingest.log'}")
+            return 1
+        messages = int(stored.group(1).replace(b",", b""))
+        say(f"ingested {options.messages:,} posts in {messages:,} messages")
 
         chains = [
             Chain("chaos-sessions", "30m", pg.create("chaos_sessions")),
@@ -322,7 +333,7 @@ def main() -> int:
                 got = store.counts()
             expected = reference(options.messages, options.seed, chain.session_gap)
             final = position(chain.database, chain.name)
-            if got == expected and final == options.messages:
+            if got == expected and final == messages:
                 say(
                     f"{chain.name}: OK, {len(got):,} cells equal after {chain.kills} kills "
                     f"(at {', '.join(f'{p:,}' for p in chain.positions)})"

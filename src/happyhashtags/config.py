@@ -155,6 +155,12 @@ class Settings(BaseSettings):
         default=Path(".happyhashtags-spool"), description="Ingest's local journal."
     )
     spool_max_bytes: int = Field(default=1 << 30, ge=1 << 20, description="Journal size cap.")
+    posts_per_message: int = Field(
+        default=128,
+        ge=1,
+        le=10_000,
+        description="Lines ingest puts in one JetStream message at most (1: one post each).",
+    )
 
     @field_validator(
         "bucket",

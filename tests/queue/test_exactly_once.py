@@ -1,7 +1,7 @@
-"""Exactly once, whatever crashes: 100,000 messages ingested with ``ingest``, counted by ``process``
-while it is killed with SIGKILL at random moments and restarted, and PostgreSQL (a private
-cluster) is restarted once under it, end with ``hashtag_counts`` equal, cell for cell, to an
-uninterrupted count of the same messages, with sessions on and off.
+"""Exactly once, whatever crashes: 100,000 posts ingested with ``ingest`` (2 to a message),
+counted by ``process`` while it is killed with SIGKILL at random moments and restarted, and
+PostgreSQL (a private cluster) is restarted once under it, end with ``hashtag_counts`` equal, cell
+for cell, to an uninterrupted count of the same posts, with sessions on and off.
 
 The long version of this loop is ``make chaos`` (scripts/chaos.py).
 """
@@ -9,6 +9,7 @@ The long version of this loop is ``make chaos`` (scripts/chaos.py).
 from __future__ import annotations
 
 import random
+import re
 import signal
 import time
 from collections.abc import Iterator
@@ -37,6 +38,7 @@ pytestmark = [pytest.mark.nats, pytest.mark.postgres, pytest.mark.slow]
 
 MESSAGES = 100_000
 SEED = 2026
+POSTS_PER_MESSAGE = 2  # several posts per message, and enough messages to kill process mid-way
 
 
 @pytest.fixture(scope="module")
@@ -45,18 +47,32 @@ def pg_cluster() -> Iterator[PgCluster]:
 
 
 @pytest.fixture(scope="module")
-def ingested(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A stream holding the demo stream's first 100,000 messages, ingested by the CLI."""
+def ingested(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, int]]:
+    """A stream holding the demo stream's first 100,000 posts, ingested by the CLI: its queue URL
+    and how many messages carry them."""
     require_service("NATS", "127.0.0.1", 4222)
     name = f"HHTEST_EXACTLY_ONCE_{random.randrange(1 << 30):08X}"
     spool = tmp_path_factory.mktemp("spool")
     env = cli_env(HAPPYHASHTAGS_DEMO_COUNT=str(MESSAGES), HAPPYHASHTAGS_DEMO_SEED=str(SEED))
     try:
         result = run_cli(
-            "ingest", "-s", "demo", "-q", f"{NATS_URL}/{name}", "--spool-dir", str(spool), env=env
+            "ingest",
+            "-s",
+            "demo",
+            "-q",
+            f"{NATS_URL}/{name}",
+            "--spool-dir",
+            str(spool),
+            "--posts-per-message",
+            str(POSTS_PER_MESSAGE),
+            env=env,
         )
-        assert f"JetStream stored {MESSAGES:,}" in result.stdout
-        yield f"{NATS_URL}/{name}"
+        assert f"read {MESSAGES:,} lines" in result.stdout
+        stored = re.search(r"JetStream stored ([\d,]+) messages", result.stdout)
+        assert stored is not None, result.stdout
+        messages = int(stored.group(1).replace(",", ""))
+        assert MESSAGES / POSTS_PER_MESSAGE <= messages < MESSAGES / (POSTS_PER_MESSAGE - 1)
+        yield f"{NATS_URL}/{name}", messages
     finally:
         delete_stream(NATS_URL, name)
 
@@ -94,12 +110,13 @@ def _wait_for_progress(database: str, before: int, timeout: float = 30.0) -> Non
 
 @pytest.mark.parametrize(("session_gap", "kills"), [("30m", 4), ("0", 2)])
 def test_counts_equal_an_uninterrupted_count_despite_kills_and_a_postgres_restart(
-    ingested: str,
+    ingested: tuple[str, int],
     posts: list[Post],
     pg_cluster: PgCluster,
     session_gap: str,
     kills: int,
 ) -> None:
+    queue, stored = ingested
     database = pg_cluster.create_database(f"exactly_once_{session_gap.replace('0', 'off')}")
     with Store(url=database) as store:
         store.migrate()
@@ -107,13 +124,13 @@ def test_counts_equal_an_uninterrupted_count_despite_kills_and_a_postgres_restar
     args = (
         "process",
         "-q",
-        ingested,
+        queue,
         "--database",
         database,
         "--session-gap",
         session_gap,
         "--flush-posts",
-        "3000",
+        "1000",
         "--flush-interval",
         "0.5s",
         "--snapshot-every",
@@ -148,9 +165,9 @@ def test_counts_equal_an_uninterrupted_count_despite_kills_and_a_postgres_restar
 
     with Store(url=database) as store:
         got = store.counts()
-    assert _position(database) == MESSAGES
+    assert _position(database) == stored
     # Killed at different points, mid-stream, not all before the first commit.
-    assert any(0 < p < MESSAGES for p in killed_at), killed_at
+    assert any(0 < p < stored for p in killed_at), killed_at
     expected = reference(posts, session_gap)
     assert len(got) == len(expected)
     assert got == expected

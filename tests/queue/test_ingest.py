@@ -1,5 +1,9 @@
 """``ingest``: every line reaches the stream once, in order, with its read time, format and post id
-as Nats-Msg-Id; repeats are dropped; NATS down or restarted loses nothing; SIGTERM exits 0."""
+as Nats-Msg-Id (or, several lines to a message, a hash of them); repeats are dropped; NATS down or
+restarted loses nothing; SIGTERM exits 0.
+
+The tests of the publisher's order machinery use one post per message (``message_posts=1``), so
+that thousands of messages are in flight; the framing has tests of its own."""
 
 from __future__ import annotations
 
@@ -84,6 +88,11 @@ def read_stream(url: str, name: str) -> tuple[Any, list[tuple[int, bytes, dict[s
     return asyncio.run(_read_stream(url, name))
 
 
+def lines_of(messages: list[tuple[int, bytes, dict[str, str]]]) -> list[bytes]:
+    """The lines the messages carry, in order."""
+    return [line for _, data, _ in messages for line in data.split(b"\n")]
+
+
 def _write_lines(path: Path, lines: list[bytes]) -> Path:
     path.write_bytes(b"".join(line + b"\n" for line in lines))
     return path
@@ -112,8 +121,10 @@ def test_every_line_is_published_in_order_with_its_read_time_format_and_post_id(
         "2d",
         "--duplicate-window",
         "5m",
+        "--posts-per-message",
+        "1",
     )
-    assert "JetStream stored 201 and dropped 0 duplicates" in result.stdout
+    assert "JetStream stored 201 messages and dropped 0 repeated ones" in result.stdout
     info, messages = read_stream(nats_url, stream)
     assert [data for _, data, _ in messages] == [*posts[:100], b"{not json", *posts[100:]]
     assert [seq for seq, _, _ in messages] == list(range(1, 202))
@@ -136,12 +147,32 @@ def test_publishing_the_same_posts_again_stores_nothing_new(
 ) -> None:
     posts = list(generate_messages(300, seed=4))
     path = _write_lines(tmp_path / "in.jsonl", [*posts, posts[5], posts[7]])
-    first = _ingest(FileSource([str(path)]), f"{nats_url}/{stream}", tmp_path / "spool")
+    queue = f"{nats_url}/{stream}"
+    first = _ingest(FileSource([str(path)]), queue, tmp_path / "spool", message_posts=1)
     assert (first.published, first.duplicates) == (300, 2)
-    again = _ingest(FileSource([str(path)]), f"{nats_url}/{stream}", tmp_path / "spool")
+    again = _ingest(FileSource([str(path)]), queue, tmp_path / "spool", message_posts=1)
     assert (again.published, again.duplicates) == (0, 302)
     _, messages = read_stream(nats_url, stream)
     assert [data for _, data, _ in messages] == posts
+
+
+def test_lines_read_together_travel_together_and_a_repeated_message_is_dropped(
+    nats_url: str, stream: str, tmp_path: Path
+) -> None:
+    posts = list(generate_messages(300, seed=4))
+    lines = [*posts, posts[5]]  # a repeat inside a message is process's to drop, by post id
+    path = _write_lines(tmp_path / "in.jsonl", lines)
+    queue = f"{nats_url}/{stream}"
+    first = _ingest(FileSource([str(path)]), queue, tmp_path / "spool", message_posts=128)
+    assert (first.lines, first.published, first.duplicates) == (301, 3, 0)
+    again = _ingest(FileSource([str(path)]), queue, tmp_path / "spool", message_posts=128)
+    assert (again.published, again.duplicates) == (0, 3)
+    _, messages = read_stream(nats_url, stream)
+    assert lines_of(messages) == lines
+    assert [data.count(b"\n") + 1 for _, data, _ in messages] == [128, 128, 45]
+    ids = [headers["Nats-Msg-Id"] for _, _, headers in messages]
+    assert all(i.startswith("lines:") for i in ids)
+    assert len(set(ids)) == 3
 
 
 def test_a_stream_holding_another_format_is_refused(
@@ -184,10 +215,10 @@ def test_with_nats_down_ingest_spools_then_drains_in_order(
         nats_server.start()
         thread.join(60)
     assert not thread.is_alive()
-    assert result[0].published == 600
-    assert result[0].backlog_bytes == 0
     _, messages = read_stream(nats_server.url, "SPOOLED")
-    assert [data for _, data, _ in messages] == posts
+    assert lines_of(messages) == posts
+    assert result[0].published == len(messages)
+    assert result[0].backlog_bytes == 0
     assert "reading the source again" in caplog.text
 
 
@@ -202,6 +233,7 @@ def test_nats_restarted_during_ingest_loses_and_repeats_nothing(
         source=source,
         url=parse_queue_url(f"{nats_server.url}/RESTARTED"),
         spool_dir=tmp_path / "spool",
+        message_posts=1,
         ack_timeout=2.0,
     )
     result: list[IngestSummary] = []
@@ -241,6 +273,8 @@ def test_sigterm_stops_ingest_with_exit_status_0_within_10_seconds(
         f"{nats_url}/{stream}",
         "--spool-dir",
         str(tmp_path / "spool"),
+        "--posts-per-message",
+        "1",
         env=cli_env(),
         stdin=-1,
     )
@@ -253,7 +287,7 @@ def test_sigterm_stops_ingest_with_exit_status_0_within_10_seconds(
     out, err = proc.communicate(timeout=15)
     assert proc.returncode == 0, err.decode()
     assert time.monotonic() - started < 10
-    assert b"JetStream stored 50" in out
+    assert b"JetStream stored 50 messages" in out
 
 
 def _count(url: str, name: str) -> int:
@@ -287,6 +321,7 @@ def test_a_server_killed_in_the_middle_of_a_burst_leaves_the_order_intact(
         source=FileSource([str(path)]),
         url=parse_queue_url(f"{nats_server.url}/BURST"),
         spool_dir=tmp_path / "spool",
+        message_posts=1,
         ack_timeout=2.0,
     )
     result: list[IngestSummary] = []
@@ -323,6 +358,7 @@ def test_another_publisher_on_the_stream_stops_ingest_with_an_error(
         source=StdinSource(stream=os.fdopen(read_fd, "rb")),
         url=parse_queue_url(f"{nats_url}/{stream}"),
         spool_dir=tmp_path / "spool",
+        message_posts=1,
     )
     failure: list[BaseException] = []
 

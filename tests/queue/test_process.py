@@ -74,8 +74,19 @@ class ListSource:
         pass
 
 
-def ingest(queue: str, lines: Sequence[bytes], spool: Path) -> None:
-    Ingestor(source=ListSource(lines), url=parse_queue_url(queue), spool_dir=spool).run()
+def ingest(queue: str, lines: Sequence[bytes], spool: Path, posts_per_message: int = 1) -> int:
+    """Ingest `lines` as one read of a source; how many messages that made. One post per
+    message unless asked: then positions (stream sequences) count posts."""
+    return (
+        Ingestor(
+            source=ListSource(lines),
+            url=parse_queue_url(queue),
+            spool_dir=spool,
+            message_posts=posts_per_message,
+        )
+        .run()
+        .published
+    )
 
 
 def reference(
@@ -142,38 +153,54 @@ async def _delivered(url: str, stream: str, consumer: str = "happyhashtags") -> 
         await nc.close()
 
 
+@pytest.mark.parametrize("per_message", [1, 128])
 def test_process_counts_like_an_uninterrupted_count_and_resumes_after_its_position(
-    nats_url: str, stream: str, postgres_url: str, tmp_path: Path
+    nats_url: str, stream: str, postgres_url: str, tmp_path: Path, per_message: int
 ) -> None:
     queue = f"{nats_url}/{stream}"
     lines = list(generate_messages(4000, seed=11))
-    ingest(queue, lines[:2500], tmp_path / "spool")
+    first = ingest(queue, lines[:2500], tmp_path / "spool", per_message)
+    assert first == -(-2500 // per_message)
     process(queue, postgres_url, "--flush-posts", "700")
     assert counts(postgres_url) == reference(lines[:2500])
-    assert position(postgres_url) == 2500
-    ingest(queue, lines[2500:], tmp_path / "spool")
+    assert position(postgres_url) == first
+    total = first + ingest(queue, lines[2500:], tmp_path / "spool", per_message)
     log = process(queue, postgres_url)
-    assert "replaying messages 1 to 2500" in log  # no snapshot yet: the state is rebuilt
+    assert f"replaying messages 1 to {first}" in log  # no snapshot yet: the state is rebuilt
     assert counts(postgres_url) == reference(lines)
-    assert position(postgres_url) == 4000
-    assert asyncio.run(_consumer_ack_floor(nats_url, stream, "happyhashtags")) == 4000
+    assert position(postgres_url) == total
+    assert asyncio.run(_consumer_ack_floor(nats_url, stream, "happyhashtags")) == total
 
 
+@pytest.mark.parametrize(("per_message", "message"), [(1, 151), (128, 2)])
 def test_a_malformed_message_is_a_dead_letter_acknowledged_without_stopping_the_stream(
-    nats_url: str, stream: str, postgres_url: str, tmp_path: Path
+    nats_url: str, stream: str, postgres_url: str, tmp_path: Path, per_message: int, message: int
 ) -> None:
     queue = f"{nats_url}/{stream}"
     lines = list(generate_messages(300, seed=12))
     lines.insert(150, b'{"data": {"id": 12, "text":')
-    ingest(queue, lines, tmp_path / "spool")
+    total = ingest(queue, lines, tmp_path / "spool", per_message)
     process(queue, postgres_url)
     assert counts(postgres_url) == reference(lines)
     with Store(url=postgres_url) as store:
         dead = store.dead_letters()
     assert len(dead) == 1
     assert dead[0]["raw"] == '{"data": {"id": 12, "text":'
-    assert dead[0]["source"] == f"{stream}:151"
-    assert asyncio.run(_consumer_ack_floor(nats_url, stream, "happyhashtags")) == 301
+    assert dead[0]["source"] == f"{stream}:{message}"  # the message that carried it
+    assert asyncio.run(_consumer_ack_floor(nats_url, stream, "happyhashtags")) == total
+
+
+def test_a_limit_inside_a_message_stops_at_its_end_so_nothing_is_counted_twice(
+    nats_url: str, stream: str, postgres_url: str, tmp_path: Path
+) -> None:
+    queue = f"{nats_url}/{stream}"
+    lines = list(generate_messages(300, seed=19))
+    assert ingest(queue, lines, tmp_path / "spool", posts_per_message=100) == 3
+    process(queue, postgres_url, "--limit", "150")  # inside message 2
+    assert position(postgres_url) == 2
+    assert counts(postgres_url) == reference(lines[:200])
+    process(queue, postgres_url)
+    assert counts(postgres_url) == reference(lines)
 
 
 def test_posts_without_a_time_take_the_time_ingest_read_them(

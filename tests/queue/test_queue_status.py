@@ -30,7 +30,12 @@ def test_status_shows_the_stream_the_position_the_lag_and_the_dead_letters(
     lines[10] = b"{broken"
     path = tmp_path / "in.jsonl"
     path.write_bytes(b"\n".join(lines) + b"\n")
-    Ingestor(source=FileSource([str(path)]), url=parse_queue_url(queue), spool_dir=tmp_path).run()
+    Ingestor(
+        source=FileSource([str(path)]),
+        url=parse_queue_url(queue),
+        spool_dir=tmp_path,
+        message_posts=1,  # positions and lag in messages are then posts
+    ).run()
     # 300 posts: the messages up to 301 (one is a dead letter).
     run_cli("process", "-q", queue, "--database", postgres_url, "--migrate", "--limit", "300")
 
@@ -57,7 +62,9 @@ def test_status_shows_the_stream_the_position_the_lag_and_the_dead_letters(
 
 def test_status_of_a_stream_nobody_counted_yet(nats_url: str, stream: str, tmp_path: Path) -> None:
     queue = f"{nats_url}/{stream}"
-    Ingestor(source=DemoSource(count=5), url=parse_queue_url(queue), spool_dir=tmp_path).run()
+    Ingestor(
+        source=DemoSource(count=5), url=parse_queue_url(queue), spool_dir=tmp_path, message_posts=1
+    ).run()
     database = f"sqlite:///{tmp_path / 'empty.db'}"
     run_cli("migrate", "--database", database)
     report = json.loads(

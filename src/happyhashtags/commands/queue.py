@@ -95,6 +95,13 @@ def _queue_url(settings: Settings) -> QueueURL:
     help="Journal size cap, e.g. 512MB [default 1GB]: when full, reading stops.",
 )
 @click.option(
+    "--posts-per-message",
+    type=click.IntRange(1, 10_000),
+    metavar="N",
+    help="Lines per JetStream message at most, from one read of the source [default 128; "
+    "1: one post per message, its id the Nats-Msg-Id].",
+)
+@click.option(
     "--replicas",
     "queue_replicas",
     type=click.IntRange(1, 5),
@@ -117,9 +124,11 @@ def _queue_url(settings: Settings) -> QueueURL:
 def ingest(ctx: click.Context, /, duplicate_window: float | None, **flags: Any) -> None:
     """Read a source and publish every message to a JetStream stream (created if absent).
 
-    Each message is journaled on disk first and leaves the journal once JetStream acknowledged
-    it: while NATS is unreachable ingest keeps reading (and warns), then drains in order. The
-    post id is the Nats-Msg-Id, so JetStream drops repeated publishes.
+    Lines read together travel together, up to --posts-per-message per JetStream message. Each
+    message is journaled on disk first and leaves the journal once JetStream acknowledged it:
+    while NATS is unreachable ingest keeps reading (and warns), then drains in order. Its
+    Nats-Msg-Id (the post id, or a hash of its lines) lets JetStream drop repeated publishes;
+    process counts a post repeated in another message once.
 
     \b
     Examples:
@@ -140,6 +149,7 @@ def ingest(ctx: click.Context, /, duplicate_window: float | None, **flags: Any) 
         url=url,
         spool_dir=settings.spool_dir,
         spool_max_bytes=settings.spool_max_bytes,
+        message_posts=settings.posts_per_message,
         replicas=settings.queue_replicas,
         max_age=settings.queue_max_age,
         duplicate_window=duplicate_window or DEFAULT_DUPLICATE_WINDOW,
@@ -152,9 +162,9 @@ def ingest(ctx: click.Context, /, duplicate_window: float | None, **flags: Any) 
         f"; {summary.backlog_bytes / 1e6:.1f} MB left in the spool" if summary.backlog_bytes else ""
     )
     click.echo(
-        f"read {summary.lines:,} messages ({summary.undecodable:,} undecodable, published "
-        f"for the dead letters); JetStream stored {summary.published:,} and dropped "
-        f"{summary.duplicates:,} duplicates{left}; {summary.elapsed:.2f} s{note}"
+        f"read {summary.lines:,} lines ({summary.undecodable:,} undecodable, published "
+        f"for the dead letters); JetStream stored {summary.published:,} messages and dropped "
+        f"{summary.duplicates:,} repeated ones{left}; {summary.elapsed:.2f} s{note}"
     )
 
 
@@ -220,7 +230,12 @@ def _wait_for_database(
     help="Messages per pull from JetStream.",
 )
 @counting_options
-@click.option("--limit", type=int, metavar="N", help="Stop after N posts.")
+@click.option(
+    "--limit",
+    type=int,
+    metavar="N",
+    help="Stop after N posts (at the end of the queue message holding the Nth).",
+)
 @click.option(
     "--idle-exit",
     metavar="DURATION",

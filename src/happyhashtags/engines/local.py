@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import NamedTuple, TypeVar, cast
@@ -154,7 +154,11 @@ class LocalEngine(StoppableEngine):
                 continue
             if item.__class__ is Post:
                 keep(item)
-                if remaining is not None and len(posts) >= remaining:
+                if (
+                    remaining is not None
+                    and len(posts) >= remaining
+                    and _ends_message(batch.cursors, done)
+                ):
                     self._stopping.set()
                     break
             else:
@@ -179,7 +183,9 @@ class LocalEngine(StoppableEngine):
         if batch.replay:
             return  # dead-lettered when it was first read
         where = batch.origin
-        if batch.first_line:
+        if batch.cursors is not None:
+            where = f"{where}:{batch.cursors[offset]}"
+        elif batch.first_line:
             where = f"{where}:{batch.first_line + offset}"
         self._dead.append(DeadLetter(batch.received_at, where, exc.reason, exc.detail, line))
 
@@ -273,3 +279,9 @@ class _WriteJob(NamedTuple):
     dead: list[DeadLetter]
     positions: dict[str, Checkpoint]
     cursor: int | None
+
+
+def _ends_message(cursors: Sequence[int] | None, done: int) -> bool:
+    """Whether the first `done` lines end a message: lines sharing a cursor (several posts in
+    one queue message) are committed together, so a run stops only between messages."""
+    return cursors is None or done >= len(cursors) or cursors[done] != cursors[done - 1]

@@ -470,7 +470,8 @@ class NatsSource:
 
     def _runs(self, messages: list[Msg]) -> Iterator[Batch]:
         """Split messages into batches of one kind (replayed or new) and one read time, with
-        consecutive sequences, dropping redeliveries."""
+        consecutive sequences, dropping redeliveries. A message of several lines gives as many
+        lines, each with the message's sequence as its cursor."""
         stream = self.url.stream
         lines: list[bytes] = []
         seqs: list[int] = []
@@ -502,8 +503,15 @@ class NatsSource:
                 if lines and key is not None:
                     yield self._batch(stream, lines, seqs, key)
                 lines, seqs, key = [], [], (replay, received_at)
-            lines.append(msg.data)
-            seqs.append(seq)
+            data = msg.data
+            if b"\n" in data:
+                # Several lines in one message (see queue.framing): they share its sequence.
+                parts = data.split(b"\n")
+                lines += parts
+                seqs += [seq] * len(parts)
+            else:
+                lines.append(data)
+                seqs.append(seq)
         if lines and key is not None:
             yield self._batch(stream, lines, seqs, key)
         if last_replayed is not None:

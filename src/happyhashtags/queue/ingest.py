@@ -1,9 +1,10 @@
 """``ingest``: read a source, journal every message, publish the journal to JetStream in order.
 
-Three threads. One reads the source; the caller's thread decodes each line only to find its post
-id (the ``Nats-Msg-Id`` that lets JetStream drop repeated publishes) and appends the raw line to
-the `Spool` with its read time and format; a `Publisher` on an asyncio loop thread publishes the
-spool in order.
+Three threads. One reads the source; the caller's thread groups the lines of each read into
+messages of up to `message_posts` lines (`happyhashtags.queue.framing`), gives each its
+``Nats-Msg-Id`` (the post id for a message of one line, else a hash of the payload: JetStream
+drops repeated publishes by it) and appends it to the `Spool` with its read time and format; a
+`Publisher` on an asyncio loop thread publishes the spool in order.
 
 A message counts as ingested only once JetStream acknowledged it. While NATS is unreachable the
 reader keeps reading (the spool grows, bounded by its size); when the spool is full the reader
@@ -26,6 +27,14 @@ from types import FrameType
 from happyhashtags.errors import DecodeError
 from happyhashtags.formats import Decoder, get_decoder
 from happyhashtags.model import Post
+from happyhashtags.queue.framing import (
+    DEFAULT_MESSAGE_BYTES,
+    DEFAULT_MESSAGE_POSTS,
+    frame_id,
+    frames,
+    normalize_line,
+    split_message,
+)
 from happyhashtags.queue.jetstream import DEFAULT_DUPLICATE_WINDOW, LoopThread, require_nats
 from happyhashtags.queue.publisher import Publisher
 from happyhashtags.queue.spool import Spool
@@ -40,8 +49,8 @@ _MAX_ID = 256
 
 
 def message_id(item: object, line: bytes) -> str:
-    """The ``Nats-Msg-Id`` of a line: its post id, or a hash of the line when it has none (not a
-    post, no id, or undecodable)."""
+    """The ``Nats-Msg-Id`` of a message of one line: its post id, or a hash of the line when it has
+    none (not a post, no id, or undecodable)."""
     if isinstance(item, Post) and item.id:
         post_id = item.id
         if len(post_id) <= _MAX_ID and post_id.isascii() and post_id.isprintable():
@@ -51,7 +60,8 @@ def message_id(item: object, line: bytes) -> str:
 
 @dataclass(slots=True)
 class IngestSummary:
-    """What an ingest run did."""
+    """What an ingest run did (`published` and `duplicates` count messages, of up to
+    `Ingestor.message_posts` lines each)."""
 
     lines: int = 0
     blank: int = 0
@@ -82,6 +92,8 @@ class Ingestor:
         replicas: int = 1,
         max_age: float = 7 * 86400.0,
         duplicate_window: float = DEFAULT_DUPLICATE_WINDOW,
+        message_posts: int = DEFAULT_MESSAGE_POSTS,
+        message_bytes: int = DEFAULT_MESSAGE_BYTES,
         window: int = 2048,
         ack_timeout: float = 10.0,
         stop_timeout: float = 5.0,
@@ -96,6 +108,10 @@ class Ingestor:
         self.replicas = replicas
         self.max_age = max_age
         self.duplicate_window = duplicate_window
+        if message_posts < 1:
+            raise ValueError("message_posts must be at least 1")
+        self.message_posts = message_posts
+        self.message_bytes = message_bytes
         self.window = window
         self.ack_timeout = ack_timeout
         self.stop_timeout = stop_timeout
@@ -201,7 +217,7 @@ class Ingestor:
             items = self._items(batch, decode)
             journaled = spool.append(items, stopping=self._stopping) if items else 0
             if journaled < len(items):
-                unjournaled += len(items) - journaled
+                unjournaled += sum(len(split_message(item[3])) for item in items[journaled:])
                 break
             self._progress(spool, publisher)
         # Stopped: batches read but not journaled (the spool was full, or waiting in the
@@ -215,7 +231,7 @@ class Ingestor:
                     unjournaled += sum(1 for line in left.lines if line.strip())
         if unjournaled:
             log.error(
-                "stopped with %d messages read from %s but not journaled: a file source is read "
+                "stopped with %d lines read from %s but not journaled: a file source is read "
                 "again next time; from a live source they are lost",
                 unjournaled,
                 self.source.name,
@@ -240,8 +256,10 @@ class Ingestor:
             handoff.put(item, timeout=1.0)
 
     def _items(self, batch: Batch, decode: Decoder) -> list[tuple[float, str, str, bytes]]:
+        """The spool records of a batch: messages of up to `message_posts` lines."""
         summary, fmt, received_at = self.summary, self.source.format, batch.received_at
-        items = []
+        lines: list[bytes] = []
+        decoded: list[object] = []
         for raw in batch.lines:
             line = raw.strip()
             if not line:
@@ -254,7 +272,17 @@ class Ingestor:
                 # Published all the same: process keeps it as a dead letter, with its context.
                 summary.undecodable += 1
                 item = None
-            items.append((received_at, message_id(item, line), fmt, line))
+            lines.append(normalize_line(line))
+            decoded.append(item)
+        items = []
+        start = 0
+        for frame in frames(lines, max_lines=self.message_posts, max_bytes=self.message_bytes):
+            if len(frame) == 1:
+                items.append((received_at, message_id(decoded[start], frame[0]), fmt, frame[0]))
+            else:
+                payload = b"\n".join(frame)
+                items.append((received_at, frame_id(frame, payload), fmt, payload))
+            start += len(frame)
         return items
 
     def _wait_until_drained(

@@ -26,6 +26,8 @@ class Batch(NamedTuple):
         origin: where they came from, for dead letters and logs (a file name, "stdin", a URL).
         first_line: the line number of ``lines[0]`` within `origin` (1-based), or 0 if unknown.
         cursors: for a resumable source, the position of each line (same length as `lines`).
+            Consecutive lines may share one (several posts in one queue message): the engine
+            commits such a position only with all its lines, and stops only between them.
         replay: the lines were counted before and are sent again only to rebuild state (for
             example anti-spam sessions after a restart): the engine feeds them to the counter
             without counting them.
