@@ -142,7 +142,13 @@ def run_engine(spec: Spec, workers: int = 1) -> dict[str, Any]:
     summary = engine.run()
     seconds = time.perf_counter() - started
     store.close()
-    return {**_summary_details(summary), "seconds": seconds, "workers": workers}
+    started_by = getattr(engine, "start_method", None)  # fork or spawn, for --workers
+    return {
+        **_summary_details(summary),
+        "seconds": seconds,
+        "workers": workers,
+        "start": started_by,
+    }
 
 
 def run_workers2(spec: Spec) -> dict[str, Any]:
@@ -151,7 +157,7 @@ def run_workers2(spec: Spec) -> dict[str, Any]:
 
 
 def _lazy(module: str, name: str) -> Callable[[Spec], dict[str, Any]]:
-    # Imported on use: `--workers 2` spawns processes that re-import this module, and a
+    # Imported on use: `--workers 2` may spawn processes that re-import this module, and a
     # heavier module would make the harness, not the engine, slower to start workers.
     function: Callable[[Spec], dict[str, Any]] = getattr(
         importlib.import_module(f"benchmarks.{module}"), name

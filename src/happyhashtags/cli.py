@@ -227,55 +227,66 @@ def run(ctx: click.Context, /, auto_migrate: bool, top_n: int, **flags: Any) -> 
         format_duration(settings.session_gap) if settings.session_gap else "off",
     )
     total = min(filter(None, (source.total, settings.limit)), default=None)
-    with progress_display(total) as progress:
-        engine: LocalEngine | ParallelEngine
-        if settings.workers > 1:
-            if settings.limit is not None:
-                raise ConfigError("--limit counts posts in one process: use it with --workers 1")
-            engine = ParallelEngine(
-                source=source,
-                counter=counter,
-                store=store,
-                workers=settings.workers,
-                flush_posts=settings.flush_posts,
-                flush_interval=settings.flush_interval,
-                progress=progress,
-            )
-        else:
-            engine = LocalEngine(
-                source=source,
-                counter=counter,
-                store=store,
-                limit=settings.limit,
-                flush_posts=settings.flush_posts,
-                flush_interval=settings.flush_interval,
-                progress=progress,
-            )
-        with stop_on_signals(engine.handle_signal):
-            summary = engine.run()
+    engine: LocalEngine | ParallelEngine
+    display = ProgressDisplay(total)
+    if settings.workers > 1:
+        if settings.limit is not None:
+            raise ConfigError("--limit counts posts in one process: use it with --workers 1")
+        engine = ParallelEngine(
+            source=source,
+            counter=counter,
+            store=store,
+            workers=settings.workers,
+            flush_posts=settings.flush_posts,
+            flush_interval=settings.flush_interval,
+            progress=display.update,
+        )
+        engine.start()  # before the display's thread starts: the workers are then forked
+    else:
+        engine = LocalEngine(
+            source=source,
+            counter=counter,
+            store=store,
+            limit=settings.limit,
+            flush_posts=settings.flush_posts,
+            flush_interval=settings.flush_interval,
+            progress=display.update,
+        )
+    with display, stop_on_signals(engine.handle_signal):
+        summary = engine.run()
     print_summary(summary)
     if top_n > 0:
         print_top(store.top(limit=top_n), "table", title="Happiest hashtags")
     store.close()
 
 
-@contextmanager
-def progress_display(total: int | None) -> Iterator[Callable[[int, int], None]]:
-    columns: list[Any] = [TextColumn("[bold]counting"), BarColumn(), MofNCompleteColumn()]
-    if total is None:
-        columns = [TextColumn("[bold]counting"), TextColumn("{task.completed:,} posts")]
-    columns += [TextColumn("{task.fields[rate]}"), TimeElapsedColumn()]
-    with Progress(*columns, console=stderr, transient=True, disable=not stderr.is_terminal) as bar:
-        task = bar.add_task("count", total=total, rate="")
-        started = [0.0]
+class ProgressDisplay:
+    """The progress bar on stderr (when it is a terminal). `update` may be called before the
+    display starts (``with``): the engine is built first, and the display's refresh thread
+    starts only when it is entered."""
 
-        def update(_lines: int, posts: int) -> None:
-            elapsed = bar.tasks[0].elapsed or 0.0
-            rate = f"{posts / elapsed:,.0f} posts/s" if elapsed > 0 else ""
-            bar.update(task, completed=posts, rate=rate)
-            started[0] = elapsed
+    def __init__(self, total: int | None) -> None:
+        columns: list[Any] = [TextColumn("[bold]counting"), BarColumn(), MofNCompleteColumn()]
+        if total is None:
+            columns = [TextColumn("[bold]counting"), TextColumn("{task.completed:,} posts")]
+        columns += [TextColumn("{task.fields[rate]}"), TimeElapsedColumn()]
+        self._bar = Progress(
+            *columns, console=stderr, transient=True, disable=not stderr.is_terminal
+        )
+        self._task = self._bar.add_task("count", total=total, rate="")
 
-        yield update
+    def update(self, _lines: int, posts: int) -> None:
+        """An engine's progress callback."""
+        elapsed = self._bar.tasks[0].elapsed or 0.0
+        rate = f"{posts / elapsed:,.0f} posts/s" if elapsed > 0 else ""
+        self._bar.update(self._task, completed=posts, rate=rate)
+
+    def __enter__(self) -> ProgressDisplay:
+        self._bar.start()
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self._bar.stop()
 
 
 @contextmanager

@@ -6,6 +6,7 @@ from __future__ import annotations
 import multiprocessing
 import os
 import signal
+import threading
 import time
 from collections.abc import Iterable
 from pathlib import Path
@@ -21,9 +22,12 @@ from happyhashtags.storage import Store
 from reference import count_reference, crafted_stream
 
 
-@pytest.mark.parametrize("workers", [2, 3])
+@pytest.mark.parametrize(
+    ("workers", "other_thread", "start_method"),
+    [(2, False, "fork"), (3, False, "fork"), (2, True, "spawn")],
+)
 def test_every_process_count_adds_up_to_the_reference(
-    tmp_path: Path, database_url: str, workers: int
+    tmp_path: Path, database_url: str, workers: int, other_thread: bool, start_method: str
 ) -> None:
     # Wide ids: a repeated id is a repeated post by the same author, as in X streams, so the
     # copies meet in one process (split by author) and are recognised there.
@@ -40,7 +44,15 @@ def test_every_process_count_adds_up_to_the_reference(
             workers=workers,
             flush_posts=200,
         )
-        summary = engine.run()
+        # Forking a process that runs other threads could copy a lock one of them holds.
+        release = threading.Event()
+        if other_thread:
+            threading.Thread(target=release.wait, daemon=True).start()
+        try:
+            summary = engine.run()
+        finally:
+            release.set()
+        assert engine.start_method == start_method
         assert store.counts() == reference.counts
     assert summary.posts == reference.posts
     assert summary.lines == len(lines)

@@ -6,6 +6,9 @@ reach the same process: anti-spam sessions and duplicate detection stay exact, a
 only add up, the processes' upserts give the same `hashtag_counts` as one process. Every process
 runs a `LocalEngine` with its own database connection.
 
+Workers are forked when the calling process runs no other thread (see `ParallelEngine.start`),
+so they start in milliseconds with what is already imported; otherwise they are spawned.
+
 The reader counts a share itself rather than only routing: on a machine with as many cores as
 processes a pure router would leave a core's worth of work competing for the same cores. Its
 share is a little smaller than a worker's, for the reading and routing it also does.
@@ -14,13 +17,16 @@ share is a little smaller than a worker's, for the reading and routing it also d
 from __future__ import annotations
 
 import copy
+import logging
 import multiprocessing
 import queue
 import signal
+import threading
 import time
 import zlib
 from collections.abc import Iterator
-from multiprocessing.context import SpawnProcess
+from multiprocessing.context import ForkContext, SpawnContext
+from multiprocessing.process import BaseProcess
 from types import FrameType
 from typing import Any
 
@@ -33,6 +39,8 @@ from happyhashtags.sources.base import Batch, Resumable, Source
 from happyhashtags.storage.store import Store
 
 __all__ = ["ParallelEngine"]
+
+log = logging.getLogger(__name__)
 
 _QUEUE_DEPTH = 8  # batches in flight per worker: enough to hide jitter, bounded memory
 _READER_WEIGHT = 8  # the reader's share of the author hash space, in tenths of a worker's
@@ -104,7 +112,7 @@ class _Router:
         engine: ParallelEngine,
         inboxes: list[Any],
         outbox: Any,
-        processes: list[SpawnProcess],
+        processes: list[BaseProcess],
     ) -> None:
         self._engine = engine
         self._processes = processes
@@ -199,18 +207,38 @@ class ParallelEngine(StoppableEngine):
         self.flush_interval = flush_interval
         self._progress = progress
         self._local: LocalEngine | None = None
+        self.start_method: str | None = None
+        """How the workers were started (``fork`` or ``spawn``), once they are."""
+        self._processes: list[BaseProcess] = []
+        self._inboxes: list[Any] = []
+        self._outbox: Any = None
 
-    def run(self) -> RunSummary:
-        """Count the source's lines here and in the workers; return the merged summary."""
-        context = multiprocessing.get_context("spawn")
-        outbox = context.Queue()
-        inboxes = [context.Queue(maxsize=_QUEUE_DEPTH) for _ in range(self.workers - 1)]
+    def start(self) -> None:
+        """Start the worker processes (once; `run` starts them if this was not called).
+
+        They are forked when this process runs no other thread, which costs milliseconds; else
+        spawned (a fresh interpreter that imports everything again: about a second here), since
+        a fork copies locks that other threads may be holding. So call this before starting
+        threads of your own: the CLI calls it before its progress display starts.
+        """
+        if self._processes:
+            return
+        context: ForkContext | SpawnContext
+        if _may_fork():
+            context = multiprocessing.get_context("fork")
+        else:
+            context = multiprocessing.get_context("spawn")
+        self.start_method = context.get_start_method()
+        log.debug("starting %d worker processes (%s)", self.workers - 1, self.start_method)
+        # No connection of this process's pool may be shared with a forked child.
+        self.store.close()
+        self._outbox = context.Queue()
+        self._inboxes = [context.Queue(maxsize=_QUEUE_DEPTH) for _ in range(self.workers - 1)]
         url = self.store.url.render_as_string(hide_password=False)
-        processes: list[SpawnProcess] = []
-        for inbox in inboxes:
+        for inbox in self._inboxes:
             process = context.Process(
                 target=_worker_main,
-                args=(inbox, outbox),
+                args=(inbox, self._outbox),
                 kwargs={
                     "url": url,
                     "counter": self.counter,
@@ -221,7 +249,12 @@ class ParallelEngine(StoppableEngine):
                 daemon=True,
             )
             process.start()
-            processes.append(process)
+            self._processes.append(process)
+
+    def run(self) -> RunSummary:
+        """Count the source's lines here and in the workers; return the merged summary."""
+        self.start()
+        outbox, inboxes, processes = self._outbox, self._inboxes, self._processes
         started = time.monotonic()
         router = _Router(self, inboxes, outbox, processes)
         local = LocalEngine(
@@ -233,15 +266,24 @@ class ParallelEngine(StoppableEngine):
         )
         self._local = local
         try:
-            summary = local.run()
-        except HappyHashtagsError:
-            # Routing stopped because a worker failed or died: raise what happened to it.
-            router.end()
-            self._collect(outbox, processes, RunSummary())
-            raise
+            try:
+                summary = local.run()
+            except HappyHashtagsError:
+                # Routing stopped because a worker failed or died: raise what happened to it.
+                router.end()
+                self._collect(outbox, processes, RunSummary())
+                raise
+            finally:
+                router.end()
+            summary = self._collect(outbox, processes, summary)
         finally:
-            router.end()
-        summary = self._collect(outbox, processes, summary)
+            for inbox, process in zip(inboxes, processes, strict=True):
+                # Ends the queue's feeder thread, so this process is left as it was found (and
+                # a later run may fork again); it may wait only for a worker that read it all.
+                if process.exitcode != 0:
+                    inbox.cancel_join_thread()
+                inbox.close()
+                inbox.join_thread()
         summary.elapsed = time.monotonic() - started
         summary.lines = max(summary.lines, router.lines_read)
         return summary
@@ -260,9 +302,7 @@ class ParallelEngine(StoppableEngine):
         else:
             super().handle_signal(signum, frame)
 
-    def _collect(
-        self, outbox: Any, processes: list[SpawnProcess], merged: RunSummary
-    ) -> RunSummary:
+    def _collect(self, outbox: Any, processes: list[BaseProcess], merged: RunSummary) -> RunSummary:
         errors: list[str] = []
         reports = 0
         deadline = time.monotonic() + 600
@@ -297,6 +337,11 @@ class ParallelEngine(StoppableEngine):
         return merged
 
 
-def _died(process: SpawnProcess) -> bool:
+def _may_fork() -> bool:
+    """Whether forking is safe here: the platform has it and no other thread runs."""
+    return "fork" in multiprocessing.get_all_start_methods() and threading.active_count() == 1
+
+
+def _died(process: BaseProcess) -> bool:
     """Whether a worker ended abnormally (a worker that reported exits with 0)."""
     return not process.is_alive() and process.exitcode not in (0, None)
