@@ -74,9 +74,12 @@ def counter_from_settings(settings: Settings) -> PostCounter:
     )
 
 
-def _setup_logging(level: str) -> None:
+def setup_logging(level: str, *, prefix: str = "") -> None:
+    """Log to stderr at `level` (``info``...), each message after `prefix`."""
     handler = RichHandler(console=stderr, show_path=False, rich_tracebacks=False)
-    logging.basicConfig(level=level.upper(), format="%(message)s", handlers=[handler], force=True)
+    logging.basicConfig(
+        level=level.upper(), format=f"{prefix}%(message)s", handlers=[handler], force=True
+    )
     # Alembic narrates every step at INFO; only its warnings matter to a user.
     logging.getLogger("alembic").setLevel(max(logging.WARNING, logging.getLogger().level))
     # httpx logs every request at INFO; the X source logs what matters (connects, reconnects).
@@ -109,7 +112,7 @@ config_option = click.option(
 def cli(log_level: str) -> None:
     """Count which hashtags people use when they are happy, from social streams, per time bucket,
     into SQLite or Postgres."""
-    _setup_logging(log_level)
+    setup_logging(log_level)
 
 
 def source_options(command: Callable[..., Any]) -> Callable[..., Any]:

@@ -15,6 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from happyhashtags.aggregate import PostCounter
+from happyhashtags.engines.base import Share
 from happyhashtags.engines.local import LocalEngine
 from happyhashtags.model import Checkpoint
 from happyhashtags.sources.base import Batch
@@ -263,3 +264,31 @@ def test_the_collector_runs_less_often_during_a_run_and_as_before_after_it(
     assert during
     assert all(t[0] >= 100_000 and t[1:] == before[1:] for t in during)
     assert gc.get_threshold() == before
+
+
+@pytest.mark.parametrize("shares", [2, 3])
+def test_engines_counting_the_shares_of_a_stream_count_it_once_between_them(
+    tmp_path: Path, shares: int
+) -> None:
+    # Ids wide enough that a repeated id is the same author's repeated post (as on X): both
+    # copies fall in one share, which counts the post once.
+    lines = crafted_stream(22, 900, authors=12, ids=10**9, timeless=False)
+    reference = count_reference(lines, session_gap=1800.0, received_at=READ_AT)
+    store = _store(tmp_path)
+    summaries = []
+    for index in range(shares):
+        source = ResumableList(lines, [70])
+        source.consumer = f"share-{index}"
+        engine = _run(store, source, share=Share(index, shares), flush_posts=150)
+        summaries.append(engine.summary)
+        assert source.acknowledged[-1] == len(lines)  # passed over the other shares' lines too
+    assert store.counts() == reference.counts
+    assert sum(s.posts for s in summaries) == reference.posts + reference.duplicates
+    assert sum(s.dead_letters for s in summaries) == reference.dead_total
+    assert all(s.posts for s in summaries)  # every share had some
+    store.close()
+
+
+def test_a_share_outside_its_count_is_refused() -> None:
+    with pytest.raises(ValueError, match="share 2 of 2 does not exist"):
+        Share(2, 2)

@@ -364,3 +364,64 @@ def test_a_second_process_with_the_same_consumer_takes_over_and_the_first_stops(
         if second is not None:
             second.kill()
     assert position(postgres_url) == 30
+
+
+def test_two_workers_count_like_one_consumer_resume_and_refuse_another_layout(
+    nats_url: str, stream: str, postgres_url: str, tmp_path: Path
+) -> None:
+    queue = f"{nats_url}/{stream}"
+    lines = list(generate_messages(5000, seed=20))
+    lines.insert(700, b"{not json")
+    first = ingest(queue, lines[:3000], tmp_path / "spool", posts_per_message=16)
+    log = process(queue, postgres_url, "--workers", "2", "--flush-posts", "500")
+    assert "happyhashtags-1of2: counting" in log
+    assert "happyhashtags-2of2: counting" in log
+    assert counts(postgres_url) == reference(lines[:3000])
+    assert position(postgres_url, "happyhashtags-1of2") == first
+    assert position(postgres_url, "happyhashtags-2of2") == first
+    with Store(url=postgres_url) as store:
+        assert [d["raw"] for d in store.dead_letters()] == ["{not json"]  # one share kept it
+    # More posts: each consumer resumes after its position and rebuilds its sessions.
+    total = first + ingest(queue, lines[3000:], tmp_path / "spool", posts_per_message=16)
+    process(queue, postgres_url, "--workers", "2")
+    assert counts(postgres_url) == reference(lines)
+    assert position(postgres_url, "happyhashtags-2of2") == total
+    # Another layout would start consumers without a position: refused, nothing counted.
+    for other in ("1", "3"):
+        result = run_cli(
+            "process", "-q", queue, "--database", postgres_url, "--idle-exit", "1s",
+            "--workers", other, check=False,
+        )  # fmt: skip
+        assert result.returncode == 2, result.stderr
+        assert "counted this database with --workers 2" in result.stderr
+    assert counts(postgres_url) == reference(lines)
+
+
+def test_sigterm_stops_every_worker_which_commits_what_it_counted(
+    nats_url: str, stream: str, postgres_url: str, tmp_path: Path
+) -> None:
+    queue = f"{nats_url}/{stream}"
+    lines = list(generate_messages(2000, seed=21))
+    total = ingest(queue, lines, tmp_path / "spool", posts_per_message=50)
+    workers = Background(
+        "process", "-q", queue, "--database", postgres_url, "--migrate", "--workers", "2",
+        "--flush-interval", "1h",
+    )  # fmt: skip
+    try:
+        _wait(
+            lambda: asyncio.run(_delivered(nats_url, stream, "happyhashtags-2of2")) == total,
+            "the second worker to read everything",
+        )
+        _wait(
+            lambda: asyncio.run(_delivered(nats_url, stream, "happyhashtags-1of2")) == total,
+            "the first worker to read everything",
+        )
+        started = time.monotonic()
+        workers.proc.send_signal(signal.SIGTERM)
+        assert workers.finish(20) == 0, workers.err
+        assert time.monotonic() - started < 10
+    finally:
+        workers.kill()
+    assert position(postgres_url, "happyhashtags-1of2") == total
+    assert position(postgres_url, "happyhashtags-2of2") == total
+    assert counts(postgres_url) == reference(lines)

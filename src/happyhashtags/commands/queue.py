@@ -6,9 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import re
-import threading
-import time
-from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -16,19 +14,19 @@ import click
 
 from happyhashtags.cli import (
     config_option,
-    counter_from_settings,
     counting_options,
     database_option,
     print_summary,
     settings_from_context,
     stop_on_signals,
 )
-from happyhashtags.errors import ConfigError, HappyHashtagsError, StorageError
-from happyhashtags.storage.store import Store, database_url_for_display
+from happyhashtags.errors import ConfigError
+from happyhashtags.storage.store import Store
 from happyhashtags.timeutil import format_duration, parse_duration
 
 if TYPE_CHECKING:
     from happyhashtags.config import Settings
+    from happyhashtags.engines.local import RunSummary
     from happyhashtags.queue.status import QueueStatus
     from happyhashtags.queue.url import QueueURL
 
@@ -168,48 +166,6 @@ def ingest(ctx: click.Context, /, duplicate_window: float | None, **flags: Any) 
     )
 
 
-class _Stopper:
-    """One SIGINT/SIGTERM handler for a command's phases: waiting, then the engine's own."""
-
-    def __init__(self) -> None:
-        self.event = threading.Event()
-        self.on_stop: list[Callable[[], None]] = []
-        self.delegate: Callable[[int, Any], None] | None = None
-
-    def __call__(self, signum: int, frame: Any) -> None:
-        self.event.set()
-        for callback in self.on_stop:
-            callback()
-        if self.delegate is not None:
-            self.delegate(signum, frame)
-        else:
-            log.warning("signal %d: stopping", signum)
-
-
-def _wait_for_database(
-    store: Store, settings: Settings, *, migrate: bool, stop: threading.Event
-) -> bool:
-    """Migrate/check the database, retrying with back-off while it is unreachable. False if a
-    stop was requested first."""
-    delay = 0.5
-    where = database_url_for_display(store.url)
-    while not stop.is_set():
-        try:
-            store.current_revision()  # a connection check: StorageError when unreachable
-        except StorageError as exc:
-            log.warning("%s; retrying in %.1f s", exc, delay)
-            stop.wait(delay)
-            delay = min(delay * 2, 30.0)
-            continue
-        if migrate:
-            store.migrate()
-        store.ensure_ready()
-        store.check_setting("bucket", format_duration(settings.bucket))
-        log.debug("database %s is ready", where)
-        return True
-    return False
-
-
 @click.command()
 @queue_option
 @database_option
@@ -228,6 +184,15 @@ def _wait_for_database(
     show_default=True,
     metavar="N",
     help="Messages per pull from JetStream.",
+)
+@click.option(
+    "--workers",
+    type=click.IntRange(1, 64),
+    default=1,
+    show_default=True,
+    metavar="N",
+    help="Consumers, one process each, each counting its share of the authors (its own "
+    "consumer NAME-iofN and position); keep N for a database once it has counts.",
 )
 @counting_options
 @click.option(
@@ -256,6 +221,7 @@ def _wait_for_database(
 def process(
     ctx: click.Context,
     /,
+    workers: int,
     batch_size: int,
     idle_exit: float | None,
     snapshot_every: float,
@@ -267,92 +233,42 @@ def process(
     Counts and the last stream sequence they cover commit in one transaction; messages are
     acknowledged after the commit. After a crash it resumes after the committed sequence and
     replays from a counter snapshot (not counting again) so sessions continue unchanged. While
-    the database or NATS is down it waits and retries. SIGTERM or Ctrl-C: exits 0.
+    the database or NATS is down it waits and retries. SIGTERM or Ctrl-C: exits 0. With
+    --workers N, N consumers split the authors between them, with the same counts.
 
     \b
     Examples:
       happyhashtags process -q nats://127.0.0.1:4222/POSTS --database postgresql://localhost/happy
       happyhashtags process -q nats://127.0.0.1:4222/POSTS --idle-exit 10s --migrate
+      happyhashtags process -q nats://127.0.0.1:4222/POSTS --workers 2
     """
-    from happyhashtags.engines.local import LocalEngine
-    from happyhashtags.queue.consumer import NatsSource
+    from happyhashtags.commands.consume import ConsumeOptions, consume, consume_shares
     from happyhashtags.queue.jetstream import require_nats
 
     require_nats()
     flags["happy"] = flags["happy"] or None
     settings = settings_from_context(ctx, **flags)
-    url = _queue_url(settings)
-    store = Store(url=settings.database_url.get_secret_value())
-    counter = counter_from_settings(settings)
-    stopper = _Stopper()
-    with (
-        NatsSource(
-            url=url,
-            consumer=settings.consumer,
-            counter=counter,
-            batch_size=batch_size,
-            idle_exit=idle_exit,
-            snapshot_every=snapshot_every,
-        ) as source,
-        stop_on_signals(stopper),
-    ):
-        stopper.on_stop.append(source.close)
-        if not _wait_for_database(store, settings, migrate=auto_migrate, stop=stopper.event):
-            return
-        if not source.connect():
-            return
-        log.info(
-            "counting %s into %s as consumer %s (bucket %s, sessions %s)",
-            url.display,
-            database_url_for_display(store.url),
-            settings.consumer,
-            format_duration(settings.bucket),
-            format_duration(settings.session_gap) if settings.session_gap else "off",
-        )
-        engine = LocalEngine(
-            source=source,
-            counter=counter,
-            store=store,
-            limit=settings.limit,
-            flush_posts=settings.flush_posts,
-            flush_interval=settings.flush_interval,
-            write_retry=float("inf"),
-            progress=_progress_logger(source),
-        )
-        stopper.delegate = engine.handle_signal
-        if stopper.event.is_set():
-            return
-        summary = engine.run()
-    print_summary(summary)
-    store.close()
-    if source.taken_over:
-        raise HappyHashtagsError(
-            f"another process took over consumer {settings.consumer}: run one process per "
-            "consumer name (see docs/queue.md)"
-        )
-
-
-def _progress_logger(source: Any, every: float = 10.0) -> Callable[[int, int], None]:
-    state = {"last": time.monotonic(), "posts": 0}
-
-    def progress(_lines: int, posts: int) -> None:
-        now = time.monotonic()
-        elapsed = now - state["last"]
-        if elapsed < every:
-            return
-        rate = (posts - state["posts"]) / elapsed
-        state["last"], state["posts"] = now, posts
-        behind, seconds = source.lag()
-        log.info(
-            "counted %s posts (%s/s); at message %d; %s messages behind (%.0f s)",
-            f"{posts:,}",
-            f"{rate:,.0f}",
-            source.position,
-            f"{behind:,}",
-            seconds,
-        )
-
-    return progress
+    options = ConsumeOptions(
+        settings=settings,
+        url=_queue_url(settings),
+        batch_size=batch_size,
+        idle_exit=idle_exit,
+        snapshot_every=snapshot_every,
+        migrate=auto_migrate,
+    )
+    summary: RunSummary | None
+    if workers > 1:
+        if settings.limit is not None:
+            raise ConfigError("--limit counts posts in one process: use it with --workers 1")
+        if auto_migrate:
+            # Once, here: the consumers would otherwise migrate side by side.
+            with Store(url=settings.database_url.get_secret_value()) as store:
+                store.migrate()
+        summary = consume_shares(replace(options, migrate=False), workers)
+    else:
+        summary = consume(options)
+    if summary is not None:
+        print_summary(summary)
 
 
 @click.command()

@@ -5,15 +5,50 @@ from __future__ import annotations
 import gc
 import logging
 import threading
-from collections.abc import Iterator
+import zlib
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from types import FrameType
 
+from happyhashtags.formats import get_partition_key
 from happyhashtags.sources.base import Batch, Source
 
-__all__ = ["StoppableEngine", "fewer_collections"]
+__all__ = ["Share", "StoppableEngine", "fewer_collections"]
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Share:
+    """Share `index` (from 0) of `count` disjoint shares of a stream, split by author.
+
+    Lines go by their format's partition key (`formats.get_partition_key`: the author, else the
+    post id, else the line), so each author's sessions and every copy of a post stay in one
+    share, and the shares' counts add up to the whole stream's.
+
+    >>> share = Share(0, 2)
+    >>> owned = share.owner("x")
+    >>> owned(b'{"data": {"id": "1", "author_id": "7", "text": "#a"}}') in (True, False)
+    True
+    """
+
+    index: int
+    count: int
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.index < self.count:
+            raise ValueError(f"share {self.index} of {self.count} does not exist")
+
+    def owner(self, fmt: str) -> Callable[[bytes], bool]:
+        """Whether a raw line of format `fmt` belongs to this share."""
+        key, crc32 = get_partition_key(fmt), zlib.crc32
+        index, count = self.index, self.count
+
+        def owned(line: bytes) -> bool:
+            return crc32(key(line)) % count == index
+
+        return owned
 
 
 class StoppableEngine:

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import NamedTuple, TypeVar, cast
 
 from happyhashtags.aggregate import Counts, PostCounter
-from happyhashtags.engines.base import StoppableEngine, fewer_collections
+from happyhashtags.engines.base import Share, StoppableEngine, fewer_collections
 from happyhashtags.errors import DecodeError, StorageError
 from happyhashtags.formats import Decoder, get_decoder
 from happyhashtags.model import Checkpoint, DeadLetter, Post
@@ -41,6 +41,19 @@ class RunSummary:
     elapsed: float = 0.0
     interrupted: bool = False
 
+    def add(self, other: RunSummary) -> None:
+        """Add what another engine (a worker, a share's consumer) did; `elapsed` is the longest."""
+        self.lines += other.lines
+        self.posts += other.posts
+        self.counted += other.counted
+        self.duplicates += other.duplicates
+        self.replayed += other.replayed
+        self.skipped.update(other.skipped)
+        self.dead_letters += other.dead_letters
+        self.flushes += other.flushes
+        self.elapsed = max(self.elapsed, other.elapsed)
+        self.interrupted = self.interrupted or other.interrupted
+
     @property
     def posts_per_second(self) -> float:
         return self.posts / self.elapsed if self.elapsed > 0 else 0.0
@@ -57,6 +70,10 @@ class LocalEngine(StoppableEngine):
     fails; `float("inf")` waits for the database for ever (the queue consumer does). On a stop
     request a resumable source's unwritten batch is abandoned (it will be read again); anything
     else is retried until written or the budget is spent.
+
+    With a `share`, the engine counts only the lines of that share of the authors and passes
+    over the rest (still moving a resumable source's position past them): N engines with the
+    N shares of one stream count it all between them, each exactly once.
     """
 
     def __init__(
@@ -72,8 +89,11 @@ class LocalEngine(StoppableEngine):
         overlap_writes: bool = True,
         clock: Clock = time.monotonic,
         progress: ProgressCallback | None = None,
+        share: Share | None = None,
     ) -> None:
         super().__init__(source=source)
+        self.share = share
+        self._owned = None if share is None else share.owner(source.format)
         self.counter = counter
         self.store = store
         self.limit = limit
@@ -143,10 +163,13 @@ class LocalEngine(StoppableEngine):
         remaining = None if self.limit is None or batch.replay else self.limit - summary.posts
         posts: list[Post] = []
         keep = posts.append
+        owned = self._owned
         done = 0
         # The hot loop: one decode call per line; the batch's posts are then counted in one call.
         for raw in batch.lines:
             done += 1
+            if owned is not None and not owned(raw):
+                continue  # another share's
             try:
                 item = decode(raw, received_at)
             except DecodeError as exc:

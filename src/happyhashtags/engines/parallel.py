@@ -320,14 +320,7 @@ class ParallelEngine(StoppableEngine):
                 continue
             reports += 1
             if status == "ok":
-                part: RunSummary = payload
-                merged.lines += part.lines
-                merged.posts += part.posts
-                merged.counted += part.counted
-                merged.duplicates += part.duplicates
-                merged.skipped.update(part.skipped)
-                merged.dead_letters += part.dead_letters
-                merged.flushes += part.flushes
+                merged.add(payload)
             else:
                 errors.append(payload)
         for process in processes:

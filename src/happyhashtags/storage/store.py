@@ -236,12 +236,17 @@ class Store:
         Guards against mixing, say, 1-hour and 5-minute buckets in one table.
         """
         with self._connect() as connection, connection.begin():
+            # Insert-if-absent in one statement: writers starting side by side (process
+            # --workers) must not both insert.
+            connection.execute(
+                self._insert(pipeline_settings)
+                .values(key=key, value=value)
+                .on_conflict_do_nothing(index_elements=[pipeline_settings.c.key])
+            )
             row = connection.execute(
                 sa.select(pipeline_settings.c.value).where(pipeline_settings.c.key == key)
             ).first()
-            if row is None:
-                connection.execute(pipeline_settings.insert().values(key=key, value=value))
-            elif row.value != value:
+            if row is not None and row.value != value:
                 raise ConfigError(
                     f"this database holds counts made with {key} = {row.value}, not {value}: "
                     "use the same setting, or another database"
