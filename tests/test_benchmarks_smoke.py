@@ -15,7 +15,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from conftest import NATS_URL, require_service
+from services import NATS_URL, require_service
 
 ROOT = Path(__file__).resolve().parents[1]
 # The harness is a package at the project root, not part of the installed library.

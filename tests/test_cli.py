@@ -26,11 +26,11 @@ import pytest
 import sqlalchemy as sa
 from click.testing import CliRunner, Result
 
-from conftest import shared_file
 from happyhashtags.cli import cli
 from happyhashtags.sources.demo import generate_messages
 from happyhashtags.storage import Store
 from reference import Reference, count_reference, crafted_stream
+from services import shared_file
 
 PASSWORD = "Pw-7c1e-do-not-print"
 Cells = dict[tuple[datetime, str], tuple[int, int]]

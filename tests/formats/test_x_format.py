@@ -8,12 +8,12 @@ from typing import Any
 
 import pytest
 
-from conftest import shared_file
 from happyhashtags.errors import DecodeError
 from happyhashtags.formats import get_decoder
 from happyhashtags.formats.x import decode_x, parse_v1_time, parse_v2_time
 from happyhashtags.model import Post, Skipped
 from reference import Dead, decode_reference, parse_created_at
+from services import shared_file
 
 V1 = ("fixtures", "x-api-v1.1-statuses.jsonl")
 V2 = ("fixtures", "x-api-v2-default-fields.jsonl")

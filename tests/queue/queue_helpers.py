@@ -2,8 +2,7 @@
 nats-server that a test may stop and restart, a throwaway PostgreSQL cluster that a test may stop
 and restart (the shared one on :5432 is never touched), and a way to run the CLI.
 
-Not a conftest.py: a second module named ``conftest`` would shadow tests/conftest.py for the
-test files that import from it. Test files define thin fixtures over these generators.
+The fixtures over these generators are in tests/queue/conftest.py.
 """
 
 from __future__ import annotations
@@ -22,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import IN_CI, NATS_URL, require_service
+from services import IN_CI, NATS_URL, require_service
 
 __all__ = [
     "NATS_URL",

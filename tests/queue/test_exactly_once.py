@@ -21,11 +21,9 @@ from queue_helpers import (
     PgCluster,
     cli_env,
     delete_stream,
-    pg_cluster_fixture,
     run_cli,
 )
 
-from conftest import NATS_URL, require_service
 from happyhashtags.cli import counter_from_settings
 from happyhashtags.config import load_settings
 from happyhashtags.formats.x import decode_x
@@ -33,17 +31,13 @@ from happyhashtags.model import Post
 from happyhashtags.sources.demo import generate_messages
 from happyhashtags.storage import Store
 from happyhashtags.timeutil import from_epoch
+from services import NATS_URL, require_service
 
 pytestmark = [pytest.mark.nats, pytest.mark.postgres, pytest.mark.slow]
 
 MESSAGES = 100_000
 SEED = 2026
 POSTS_PER_MESSAGE = 2  # several posts per message, and enough messages to kill process mid-way
-
-
-@pytest.fixture(scope="module")
-def pg_cluster() -> Iterator[PgCluster]:
-    yield from pg_cluster_fixture()
 
 
 @pytest.fixture(scope="module")

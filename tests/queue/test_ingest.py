@@ -13,7 +13,6 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,9 +22,7 @@ from queue_helpers import (
     NatsServer,
     cli_env,
     happyhashtags,
-    nats_server_fixture,
     run_cli,
-    stream_fixture,
 )
 
 from happyhashtags.errors import ConfigError
@@ -34,16 +31,6 @@ from happyhashtags.sources.demo import generate_messages
 from happyhashtags.sources.files import FileSource, StdinSource
 
 pytestmark = pytest.mark.nats
-
-
-@pytest.fixture
-def stream(nats_url: str, unique_name: str) -> Iterator[str]:
-    yield from stream_fixture(nats_url, unique_name)
-
-
-@pytest.fixture
-def nats_server(tmp_path: Path) -> Iterator[NatsServer]:
-    yield from nats_server_fixture(tmp_path)
 
 
 async def _read_stream(url: str, name: str) -> tuple[Any, list[tuple[int, bytes, dict[str, str]]]]:

@@ -4,22 +4,16 @@ dead letters; a clear error when NATS cannot be reached."""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from queue_helpers import free_port, run_cli, stream_fixture
+from queue_helpers import free_port, run_cli
 
 from happyhashtags.queue import Ingestor, parse_queue_url
 from happyhashtags.sources.demo import DemoSource, generate_messages
 from happyhashtags.sources.files import FileSource
 
 pytestmark = [pytest.mark.nats, pytest.mark.postgres]
-
-
-@pytest.fixture
-def stream(nats_url: str, unique_name: str) -> Iterator[str]:
-    yield from stream_fixture(nats_url, unique_name)
 
 
 def test_status_shows_the_stream_the_position_the_lag_and_the_dead_letters(
