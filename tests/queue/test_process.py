@@ -21,13 +21,9 @@ from queue_helpers import (
     NatsServer,
     PgCluster,
     free_port,
-    nats_server_fixture,
-    pg_cluster_fixture,
     run_cli,
-    stream_fixture,
 )
 
-from conftest import shared_file
 from happyhashtags.aggregate import PostCounter
 from happyhashtags.errors import DecodeError
 from happyhashtags.formats.x import decode_x
@@ -37,23 +33,9 @@ from happyhashtags.sources.base import Batch
 from happyhashtags.sources.demo import generate_messages
 from happyhashtags.storage import Store
 from happyhashtags.timeutil import from_epoch
+from services import shared_file
 
 pytestmark = [pytest.mark.nats, pytest.mark.postgres]
-
-
-@pytest.fixture
-def stream(nats_url: str, unique_name: str) -> Iterator[str]:
-    yield from stream_fixture(nats_url, unique_name)
-
-
-@pytest.fixture
-def nats_server(tmp_path: Path) -> Iterator[NatsServer]:
-    yield from nats_server_fixture(tmp_path)
-
-
-@pytest.fixture(scope="module")
-def pg_cluster() -> Iterator[PgCluster]:
-    yield from pg_cluster_fixture()
 
 
 class ListSource:
@@ -422,6 +404,10 @@ def test_sigterm_stops_every_worker_which_commits_what_it_counted(
         assert time.monotonic() - started < 10
     finally:
         workers.kill()
+    # Each committed what it had counted (read but uncounted messages are read again now).
+    assert "happyhashtags-1of2: signal 15: stopping" in workers.err
+    assert "happyhashtags-2of2: signal 15: stopping" in workers.err
+    process(queue, postgres_url, "--workers", "2")
     assert position(postgres_url, "happyhashtags-1of2") == total
     assert position(postgres_url, "happyhashtags-2of2") == total
     assert counts(postgres_url) == reference(lines)

@@ -188,11 +188,9 @@ def ingest(ctx: click.Context, /, duplicate_window: float | None, **flags: Any) 
 @click.option(
     "--workers",
     type=click.IntRange(1, 64),
-    default=1,
-    show_default=True,
     metavar="N",
     help="Consumers, one process each, each counting its share of the authors (its own "
-    "consumer NAME-iofN and position); keep N for a database once it has counts.",
+    "consumer NAME-iofN and position); keep N for a database once it has counts [default 1].",
 )
 @counting_options
 @click.option(
@@ -221,7 +219,6 @@ def ingest(ctx: click.Context, /, duplicate_window: float | None, **flags: Any) 
 def process(
     ctx: click.Context,
     /,
-    workers: int,
     batch_size: int,
     idle_exit: float | None,
     snapshot_every: float,
@@ -257,6 +254,7 @@ def process(
         migrate=auto_migrate,
     )
     summary: RunSummary | None
+    workers = settings.workers
     if workers > 1:
         if settings.limit is not None:
             raise ConfigError("--limit counts posts in one process: use it with --workers 1")
