@@ -93,6 +93,20 @@ database_option = click.option(
     help="SQLAlchemy database URL [env HAPPYHASHTAGS_DATABASE_URL or POSTGRES_*; "
     "default sqlite:///happyhashtags.db].",
 )
+
+
+def format_option(*formats: str, help: str) -> Callable[[Callable[..., Any]], Any]:
+    """``--format`` (the parameter ``fmt``), one of `formats`, the first by default."""
+    return click.option(
+        "--format",
+        "fmt",
+        type=click.Choice(list(formats)),
+        default=formats[0],
+        show_default=True,
+        help=help,
+    )
+
+
 config_option = click.option(
     "--config",
     type=click.Path(dir_okay=False, path_type=Path),
@@ -390,14 +404,7 @@ def print_top(rows: list[TopRow], fmt: str, *, title: str | None = None) -> None
     show_default=True,
     help="Leave out hashtags with fewer posts in the range.",
 )
-@click.option(
-    "--format",
-    "fmt",
-    type=click.Choice(["table", "json", "csv"]),
-    default="table",
-    show_default=True,
-    help="table for people; json or csv for programs.",
-)
+@format_option("table", "json", "csv", help="table for people; json or csv for programs.")
 @config_option
 @click.pass_context
 def top(

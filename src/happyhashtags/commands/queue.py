@@ -16,6 +16,7 @@ from happyhashtags.cli import (
     config_option,
     counting_options,
     database_option,
+    format_option,
     print_summary,
     settings_from_context,
     stop_on_signals,
@@ -280,14 +281,7 @@ def process(
     metavar="NAME",
     help="Only this consumer (repeatable) [default: every consumer in the database].",
 )
-@click.option(
-    "--format",
-    "fmt",
-    type=click.Choice(["table", "json"]),
-    default="table",
-    show_default=True,
-    help="A table for people, or JSON for monitoring scripts.",
-)
+@format_option("table", "json", help="A table for people, or JSON for monitoring scripts.")
 @config_option
 @click.pass_context
 def status(ctx: click.Context, /, consumers: tuple[str, ...], fmt: str, **flags: Any) -> None:

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
-from happyhashtags.cli import config_option, settings_from_context
+from happyhashtags.cli import config_option, format_option, settings_from_context
 from happyhashtags.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -61,13 +61,8 @@ def x_rules() -> None:
 
 
 @x_rules.command("list")
-@click.option(
-    "--format",
-    "fmt",
-    type=click.Choice(["table", "json"]),
-    default="table",
-    show_default=True,
-    help="A table for people, or JSON (a list of {id, value, tag}) for scripts.",
+@format_option(
+    "table", "json", help="A table for people, or JSON (a list of {id, value, tag}) for scripts."
 )
 @_connection_options
 @click.pass_context
