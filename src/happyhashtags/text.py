@@ -29,7 +29,7 @@ from __future__ import annotations
 import functools
 import re
 import unicodedata
-from typing import Any, Final
+from typing import Any, Final, NamedTuple
 
 import regex  # type: ignore[import-untyped, unused-ignore]
 
@@ -292,18 +292,34 @@ _QUERY_CHARS: Final = r"[a-z0-9!?*'@();:&=+$/%#\[\]\-_.,~|]"
 _QUERY_END: Final = r"[a-z0-9\-_&=#/]"
 _URL_PRECEDING: Final = rf"(?:[^A-Za-z0-9@＠$#＃{_INVALID_CHARS}]|[{_DIRECTIONAL}]|^)"
 
-# twitter-text's extractUrl. The path repetition is possessive (as in the Java port): nothing
-# after it can fail, so giving back path characters could never produce a different match.
-_URL_RE: Final = regex.compile(
-    rf"(?P<before>{_URL_PRECEDING})"
-    rf"(?P<url>(?P<protocol>https?://)?(?P<domain>{_DOMAIN})(?::[0-9]+)?"
-    rf"(?P<path>/{_PATH}*+)?(?:\?{_QUERY_CHARS}*{_QUERY_END})?)",
-    regex.IGNORECASE,
-)
-_ASCII_DOMAIN_RE: Final = regex.compile(_ASCII_DOMAIN, regex.IGNORECASE)
-_TCO_RE: Final = regex.compile(
-    rf"https?://t\.co/([a-z0-9]+)(?:\?{_QUERY_CHARS}*{_QUERY_END})?", regex.IGNORECASE
-)
+
+class _UrlPatterns(NamedTuple):
+    url: Any
+    ascii_domain: Any
+    tco: Any
+
+
+@functools.cache
+def _url_patterns() -> _UrlPatterns:
+    """The URL patterns, compiled on first use: about 0.1 s (the TLD lists), which most runs
+    never need (only text where a URL may cover a hashtag) and every command's start would pay.
+    """
+    # twitter-text's extractUrl. The path repetition is possessive (as in the Java port):
+    # nothing after it can fail, so giving back path characters could never give another match.
+    return _UrlPatterns(
+        url=regex.compile(
+            rf"(?P<before>{_URL_PRECEDING})"
+            rf"(?P<url>(?P<protocol>https?://)?(?P<domain>{_DOMAIN})(?::[0-9]+)?"
+            rf"(?P<path>/{_PATH}*+)?(?:\?{_QUERY_CHARS}*{_QUERY_END})?)",
+            regex.IGNORECASE,
+        ),
+        ascii_domain=regex.compile(_ASCII_DOMAIN, regex.IGNORECASE),
+        tco=regex.compile(
+            rf"https?://t\.co/([a-z0-9]+)(?:\?{_QUERY_CHARS}*{_QUERY_END})?", regex.IGNORECASE
+        ),
+    )
+
+
 _IDNA_DOTS_RE: Final = regex.compile(r"[\u3002\uFF0E\uFF61]")
 
 _MAX_URL_LENGTH: Final = 4096
@@ -328,7 +344,7 @@ def _label_is_valid(label: str) -> bool:
 
 
 def _is_valid_url(url: str, protocol_length: int, domain: str) -> bool:
-    if domain.startswith("xn--") and _ASCII_DOMAIN_RE.search(domain) is None:
+    if domain.startswith("xn--") and _url_patterns().ascii_domain.search(domain) is None:
         return False
     if not all(_label_is_valid(label) for label in domain.split(".")):
         return False
@@ -342,7 +358,8 @@ def _is_valid_url(url: str, protocol_length: int, domain: str) -> bool:
 def _url_spans(text: str, pos: int, endpos: int) -> list[tuple[int, int]]:
     """The (start, end) of each URL that twitter-text finds in ``text[pos:endpos]``."""
     spans: list[tuple[int, int]] = []
-    for match in _URL_RE.finditer(text, pos, endpos):
+    patterns = _url_patterns()
+    for match in patterns.url.finditer(text, pos, endpos):
         url: str = match.group("url")
         protocol: str | None = match.group("protocol")
         domain: str = match.group("domain")
@@ -352,7 +369,7 @@ def _url_spans(text: str, pos: int, endpos: int) -> list[tuple[int, int]]:
         if not _is_valid_url(url, length, domain):
             continue
         if protocol:
-            tco = _TCO_RE.match(url)
+            tco = patterns.tco.match(url)
             if tco is not None:
                 # A t.co link ends after its slug and query: no extra path characters.
                 if len(tco.group(1)) > _MAX_TCO_SLUG_LENGTH:
@@ -367,7 +384,7 @@ def _url_spans(text: str, pos: int, endpos: int) -> list[tuple[int, int]]:
         domain_start: int = match.start("domain")
         found = 0
         search_from = 0
-        for ascii_domain in _ASCII_DOMAIN_RE.finditer(domain):
+        for ascii_domain in patterns.ascii_domain.finditer(domain):
             # twitter-text locates each ASCII domain with indexOf, which finds the first copy of
             # it (the match itself or an earlier one that was not a match), so do the same.
             found_text: str = ascii_domain.group()

@@ -7,13 +7,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import sqlalchemy as sa
-from alembic import command
-from alembic.config import Config
-from alembic.runtime.migration import MigrationContext
-from alembic.script import ScriptDirectory
 from sqlalchemy.engine import URL, Connection, Engine, make_url
 
 from happyhashtags.aggregate import Counts
@@ -25,6 +21,9 @@ from happyhashtags.storage.schema import (
     hashtag_counts,
     pipeline_settings,
 )
+
+if TYPE_CHECKING:
+    from alembic.config import Config
 
 __all__ = ["RAW_CAP", "Store", "TopRow", "database_url_for_display", "normalize_url"]
 
@@ -183,7 +182,10 @@ class Store:
 
     # -- schema -----------------------------------------------------------------------------
 
+    # Alembic is imported where it is used: about 0.1 s that `--help` and queries need not pay.
     def _alembic_config(self, connection: Connection) -> Config:
+        from alembic.config import Config
+
         config = Config()
         config.set_main_option("script_location", str(_MIGRATIONS))
         config.attributes["connection"] = connection
@@ -191,6 +193,9 @@ class Store:
 
     def head_revision(self) -> str:
         """The newest migration this version of happyhashtags knows."""
+        from alembic.config import Config
+        from alembic.script import ScriptDirectory
+
         config = Config()
         config.set_main_option("script_location", str(_MIGRATIONS))
         head = ScriptDirectory.from_config(config).get_current_head()
@@ -199,15 +204,21 @@ class Store:
 
     def current_revision(self) -> str | None:
         """The migration the database is at (None: not migrated)."""
+        from alembic.runtime.migration import MigrationContext
+
         with self._connect() as connection:
             return MigrationContext.configure(connection).get_current_revision()
 
     def migrate(self, revision: str = "head") -> None:
         """Upgrade the schema to `revision` (Alembic)."""
+        from alembic import command
+
         self._run_alembic(command.upgrade, revision)
 
     def downgrade(self, revision: str) -> None:
         """Downgrade the schema to `revision` (``base`` removes everything)."""
+        from alembic import command
+
         self._run_alembic(command.downgrade, revision)
 
     def _run_alembic(self, action: Any, revision: str) -> None:
