@@ -188,7 +188,7 @@ def ingest(ctx: click.Context, /, duplicate_window: float | None, **flags: Any) 
 )
 @click.option(
     "--workers",
-    type=click.IntRange(1, 64),
+    type=click.IntRange(min=1),
     metavar="N",
     help="Consumers, one process each, each counting its share of the authors (its own "
     "consumer NAME-iofN and position); keep N for a database once it has counts [default 1].",
