@@ -566,3 +566,19 @@ def test_an_impossible_sqlite_path_is_a_clear_error(tmp_path: Path) -> None:
     assert isinstance(result.exception, SystemExit), result.exception
     assert result.exit_code == 1
     assert "error:" in result.output
+
+
+@pytest.mark.parametrize(
+    "command",
+    [["run"], ["process", "-q", "nats://127.0.0.1:9/NOWHERE"]],
+    ids=["run", "process"],
+)
+def test_a_limit_with_several_workers_is_refused_before_anything_starts(
+    tmp_path: Path, command: list[str]
+) -> None:
+    result = _invoke(
+        [*command, "--database", f"sqlite:///{tmp_path}/c.db", "--workers", "2", "--limit", "5"]
+    )
+    assert result.exit_code == 2
+    assert "--limit counts posts in one process" in result.output
+    assert not (tmp_path / "c.db").exists()

@@ -60,6 +60,16 @@ def settings_from_context(ctx: click.Context, **flags: Any) -> Settings:
     return load_settings(flags, config_file=config_file, environ=os.environ)
 
 
+def check_workers(settings: Settings) -> None:
+    """Refuse settings that several processes cannot honour (``run`` and ``process``).
+
+    Raises:
+        ConfigError: `limit` with more than one worker: the limit counts posts in one process.
+    """
+    if settings.workers > 1 and settings.limit is not None:
+        raise ConfigError("--limit counts posts in one process: use it with --workers 1")
+
+
 def counter_from_settings(settings: Settings) -> PostCounter:
     """The counting rules the settings ask for."""
     return PostCounter(
@@ -229,6 +239,7 @@ def run(ctx: click.Context, /, auto_migrate: bool, top_n: int, **flags: Any) -> 
       zcat posts.jsonl.gz | happyhashtags run -s - --happy ':)' --happy 😊
     """
     settings = settings_from_context(ctx, **flags)
+    check_workers(settings)
     store = Store(url=settings.database_url.get_secret_value())
     if auto_migrate:
         store.migrate()
@@ -247,8 +258,6 @@ def run(ctx: click.Context, /, auto_migrate: bool, top_n: int, **flags: Any) -> 
     engine: LocalEngine | ParallelEngine
     display = ProgressDisplay(total)
     if settings.workers > 1:
-        if settings.limit is not None:
-            raise ConfigError("--limit counts posts in one process: use it with --workers 1")
         engine = ParallelEngine(
             source=source,
             counter=counter,

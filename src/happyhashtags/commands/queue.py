@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from happyhashtags.cli import (
+    check_workers,
     config_option,
     counting_options,
     database_option,
@@ -246,6 +247,7 @@ def process(
     require_nats()
     flags["happy"] = flags["happy"] or None
     settings = settings_from_context(ctx, **flags)
+    check_workers(settings)
     options = ConsumeOptions(
         settings=settings,
         url=_queue_url(settings),
@@ -257,8 +259,6 @@ def process(
     summary: RunSummary | None
     workers = settings.workers
     if workers > 1:
-        if settings.limit is not None:
-            raise ConfigError("--limit counts posts in one process: use it with --workers 1")
         if auto_migrate:
             # Once, here: the consumers would otherwise migrate side by side.
             with Store(url=settings.database_url.get_secret_value()) as store:

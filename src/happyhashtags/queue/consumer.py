@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 from happyhashtags.aggregate import PostCounter
 from happyhashtags.errors import ConfigError
 from happyhashtags.model import Checkpoint
+from happyhashtags.queue.framing import split_message
 from happyhashtags.queue.jetstream import (
     HEADER_FORMAT,
     HEADER_RECEIVED_AT,
@@ -503,15 +504,10 @@ class NatsSource:
                 if lines and key is not None:
                     yield self._batch(stream, lines, seqs, key)
                 lines, seqs, key = [], [], (replay, received_at)
-            data = msg.data
-            if b"\n" in data:
-                # Several lines in one message (see queue.framing): they share its sequence.
-                parts = data.split(b"\n")
-                lines += parts
-                seqs += [seq] * len(parts)
-            else:
-                lines.append(data)
-                seqs.append(seq)
+            # A message may carry several lines (queue.framing): they share its sequence.
+            parts = split_message(msg.data)
+            lines += parts
+            seqs += [seq] * len(parts)
         if lines and key is not None:
             yield self._batch(stream, lines, seqs, key)
         if last_replayed is not None:
