@@ -109,3 +109,25 @@ def test_a_failing_or_killed_worker_fails_the_run_saying_why(
         with pytest.raises(HappyHashtagsError, match=error):
             engine.run()
         assert time.monotonic() - started < 60
+
+
+@pytest.mark.timeout(120)
+def test_an_engine_runs_again_with_new_workers(tmp_path: Path) -> None:
+    lines = crafted_stream(7, 2000, timeless=False, authors=30, ids=10**9)
+    path = tmp_path / "stream.jsonl"
+    path.write_bytes(b"\n".join(lines) + b"\n")
+    reference = count_reference(lines, session_gap=1800.0)
+    with Store(url=f"sqlite:///{tmp_path / 'counts.db'}") as store:
+        store.migrate()
+        engine = ParallelEngine(
+            source=FileSource([str(path)]),
+            counter=PostCounter(session_gap=1800.0),
+            store=store,
+            workers=2,
+        )
+        first = engine.run()
+        engine.source = FileSource([str(path)])  # the same lines again, from a new reader
+        second = engine.run()
+        assert first.posts == second.posts == reference.posts
+        doubled = {cell: (2 * t, 2 * h) for cell, (t, h) in reference.counts.items()}
+        assert store.counts() == doubled

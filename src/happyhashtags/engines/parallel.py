@@ -214,7 +214,8 @@ class ParallelEngine(StoppableEngine):
         self._outbox: Any = None
 
     def start(self) -> None:
-        """Start the worker processes (once; `run` starts them if this was not called).
+        """Start the worker processes for the next `run` (which starts them if this was not
+        called; each run ends its workers).
 
         They are forked when this process runs no other thread, which costs milliseconds; else
         spawned (a fresh interpreter that imports everything again: about a second here), since
@@ -284,6 +285,8 @@ class ParallelEngine(StoppableEngine):
                     inbox.cancel_join_thread()
                 inbox.close()
                 inbox.join_thread()
+            # These workers are done: another run starts its own.
+            self._processes, self._inboxes, self._outbox = [], [], None
         summary.elapsed = time.monotonic() - started
         summary.lines = max(summary.lines, router.lines_read)
         return summary
