@@ -2,7 +2,7 @@
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
-HASH   := $(shell cksum < pyproject.toml | cut -d' ' -f1)
+HASH   := $(shell cat pyproject.toml setup.py src/happyhashtags/_speedups.pyx | cksum | cut -d' ' -f1)
 APP    := $(VENV)/.installed-app-$(HASH)
 DEV    := $(VENV)/.installed-dev-$(HASH)
 DATABASE ?= sqlite:///happyhashtags.db
@@ -40,13 +40,13 @@ test: setup  ## run the whole test suite (needs Postgres and NATS on loopback)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 lint: setup  ## ruff (lint and format check) and mypy --strict
-	$(BIN)/ruff check src tests benchmarks scripts
-	$(BIN)/ruff format --check src tests benchmarks scripts
+	$(BIN)/ruff check setup.py src tests benchmarks scripts
+	$(BIN)/ruff format --check setup.py src tests benchmarks scripts
 	$(BIN)/mypy
 
 format: setup  ## apply ruff's fixes and formatting
-	$(BIN)/ruff check --fix src tests benchmarks scripts
-	$(BIN)/ruff format src tests benchmarks scripts
+	$(BIN)/ruff check --fix setup.py src tests benchmarks scripts
+	$(BIN)/ruff format setup.py src tests benchmarks scripts
 
 bench: setup  ## benchmarks (see docs/benchmarks.md)
 	$(BIN)/python benchmarks/run.py $(BENCH_ARGS)

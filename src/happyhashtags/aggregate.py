@@ -2,17 +2,29 @@
 
 from __future__ import annotations
 
+from array import array
 from collections import deque
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from hashlib import blake2b
+from typing import TYPE_CHECKING
 
 from happyhashtags.happy import DEFAULT_MARKERS, HappyMatcher
 from happyhashtags.model import Post
 from happyhashtags.sessions import HAPPY_MASK, ONE_TWEET, Cells, SessionTracker
 from happyhashtags.text import extract_hashtags, normalize_hashtag
 
-__all__ = ["CountKey", "CounterStats", "Counts", "PostCounter", "RecentIds", "merge_counts"]
+__all__ = [
+    "COMPILED",
+    "CountKey",
+    "CounterStats",
+    "Counts",
+    "PostCounter",
+    "PyRecentIds",
+    "RecentIds",
+    "merge_counts",
+    "restore_recent_ids",
+]
 
 CountKey = tuple[int, str]
 """(bucket start in seconds since the epoch, normalized hashtag)."""
@@ -34,21 +46,24 @@ def merge_counts(into: Counts, other: Counts) -> Counts:
 
 
 def id_key(post_id: str) -> int:
-    """A stable integer for a post id (see `RecentIds`)."""
+    """A stable 64-bit key for a post id (see `PyRecentIds`)."""
     if post_id.isdecimal() and len(post_id) <= 19:
-        return int(post_id)
-    # Offset keeps hashed keys apart from all-digit ids (below 10**19 < 2**64).
-    return (1 << 64) + int.from_bytes(blake2b(post_id.encode(), digest_size=8).digest(), "big")
+        return int(post_id)  # below 10**19 < 2**64
+    return int.from_bytes(blake2b(post_id.encode(), digest_size=8).digest(), "big")
 
 
-class RecentIds:
+class PyRecentIds:
     """The last `capacity` post ids, to count a redelivered or duplicated post once.
 
-    Keeps 64-bit integers, not the ids: a million X ids as strings would take ~100 MB, as
-    integers ~60 MB. All-digit ids (X's) are their own integer; others use a stable 64-bit
-    BLAKE2 hash (not `hash()`, which is salted per process: a counter restored in another
-    process must still recognise its ids). Two different ids share a hash with a chance of
-    about 1 in 10^7 per million ids, which at worst drops one post from the counts.
+    Keeps 64-bit keys, not the ids: a million X ids as strings would take ~100 MB. An id of 1
+    to 19 digits (X's) is its own key; any other a stable 64-bit BLAKE2 hash (not `hash()`,
+    which is salted per process: a counter restored in another process must still recognise
+    its ids). Two different ids share a key with a chance of about 1 in 10^7 per million ids,
+    which at worst drops one post from the counts.
+
+    This pure-Python class defines the behaviour; `RecentIds` is its compiled twin
+    (``_speedups.IdRing``, a quarter of the memory) where that is built, and this otherwise.
+    Both pickle to the same form, so a snapshot taken by one loads into the other.
     """
 
     __slots__ = ("_order", "_seen", "capacity")
@@ -65,6 +80,10 @@ class RecentIds:
         """Remember `post_id`; False if it was already among the recent ids."""
         # id_key's common case (an X id) inline: this runs once per post.
         key = int(post_id) if len(post_id) <= 19 and post_id.isdecimal() else id_key(post_id)
+        return self.add_key(key)
+
+    def add_key(self, key: int) -> bool:
+        """Remember a key as `id_key` makes it; False if it was already remembered."""
         if key in self._seen:
             return False
         if self.capacity <= 0:
@@ -74,6 +93,33 @@ class RecentIds:
         if len(self._order) > self.capacity:
             self._seen.discard(self._order.popleft())
         return True
+
+    def keys(self) -> array[int]:
+        """The remembered keys, oldest first."""
+        return array("Q", self._order)
+
+    def __reduce__(self) -> tuple[Callable[[int, array[int]], RecentIds], tuple[int, array[int]]]:
+        return restore_recent_ids, (self.capacity, self.keys())
+
+
+if TYPE_CHECKING:
+    RecentIds = PyRecentIds
+else:
+    try:
+        from happyhashtags._speedups import IdRing as RecentIds
+    except ImportError:  # not built (no C compiler at install time): the same, slower
+        RecentIds = PyRecentIds
+
+COMPILED = RecentIds is not PyRecentIds
+"""Whether the compiled counter state (``happyhashtags._speedups``) is in use."""
+
+
+def restore_recent_ids(capacity: int, keys: array[int]) -> RecentIds:
+    """Rebuild remembered ids from `keys` (oldest first): how both twins unpickle."""
+    ids = RecentIds(capacity)
+    for key in keys:
+        ids.add_key(key)
+    return ids
 
 
 @dataclass(slots=True)

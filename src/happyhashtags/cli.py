@@ -21,7 +21,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from happyhashtags import __version__
-from happyhashtags.aggregate import PostCounter
+from happyhashtags.aggregate import COMPILED, PostCounter
 from happyhashtags.config import Settings, load_settings
 from happyhashtags.engines.local import LocalEngine, RunSummary
 from happyhashtags.engines.parallel import ParallelEngine
@@ -125,7 +125,13 @@ config_option = click.option(
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(__version__, prog_name="happyhashtags")
+@click.version_option(
+    __version__,
+    prog_name="happyhashtags",
+    message="%(prog)s, version %(version)s ("
+    + ("compiled speedups" if COMPILED else "pure Python: happyhashtags._speedups is not built")
+    + ")",
+)
 @click.option(
     "--log-level",
     type=click.Choice(["debug", "info", "warning", "error"], case_sensitive=False),

@@ -58,7 +58,7 @@ _CONFIG = (
     "max_session_keys",
 )
 
-_STATE_FORMAT = 3  # 3: session keys in one string (0.1.0 development)
+_STATE_FORMAT = 4  # 3: session keys in one string; 4: ids as 64-bit keys (0.1.0 development)
 
 
 class SnapshotError(Exception):
