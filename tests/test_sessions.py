@@ -12,7 +12,7 @@ from happyhashtags.aggregate import PostCounter
 from happyhashtags.errors import DecodeError
 from happyhashtags.formats.x import decode_x
 from happyhashtags.model import Post
-from happyhashtags.sessions import SessionTracker, _size
+from happyhashtags.sessions import PySessionTracker, SessionTracker, _size
 from reference import count_reference, crafted_stream
 
 GAP = 1800.0
@@ -235,22 +235,26 @@ def test_sessions_can_leave_more_happy_posts_than_posts_in_a_bucket() -> None:
     assert _counts(posts) == {(T0, "x"): [2, 0], (T0 + H, "x"): [1, 2]}
 
 
-def test_max_session_keys_bounds_the_hashtags_all_sessions_remember() -> None:
-    tracker = SessionTracker(gap=1e9, allowed_lateness=1e9, expire_every=10**9, max_session_keys=50)
+@pytest.mark.parametrize("twin", [SessionTracker, PySessionTracker])
+def test_max_session_keys_bounds_the_hashtags_all_sessions_remember(
+    twin: type[SessionTracker],
+) -> None:
+    tracker = twin(gap=1e9, allowed_lateness=1e9, expire_every=10**9, max_session_keys=50)
     for i in range(200):
         tracker.admit(f"a{i % 40}", float(i), [f"k{i}", f"j{i}"], happy=i % 3 == 0)
-        held = sum(_size(s.seen) + _size(s.happy) for s in tracker._sessions.values())
-        assert held == tracker._key_count  # the running total stays exact
-        assert held <= 50
+        if isinstance(tracker, PySessionTracker):
+            held = sum(_size(s.seen) + _size(s.happy) for s in tracker._sessions.values())
+            assert held == tracker.key_count  # the running total stays exact
+        assert tracker.key_count <= 50
     assert tracker.admit("a39", 200.0, ["k199"], happy=False) == []  # the most recent is kept
 
 
 def test_a_new_session_releases_the_old_sessions_hashtags() -> None:
     tracker = SessionTracker(gap=10.0, allowed_lateness=1e9, expire_every=10**9)
     tracker.admit("a", 0.0, ["x", "y"], happy=True)
-    assert tracker._key_count == 4
+    assert tracker.key_count == 4
     tracker.admit("a", 100.0, ["z"], happy=False)
-    assert tracker._key_count == 1
+    assert tracker.key_count == 1
 
 
 @settings(max_examples=200, deadline=None)
@@ -272,11 +276,13 @@ def test_session_keys_behave_as_sets_whatever_they_share(
     # moving to a set past the size limit (small here, to cross it often) must lose nothing.
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr("happyhashtags.sessions._LARGE", large)
-        _check_against_sets(posts)
+        _check_against_sets(PySessionTracker(gap=1e9), posts)
+    _check_against_sets(SessionTracker(gap=1e9), posts)  # the compiled twin, where built
 
 
-def _check_against_sets(posts: list[tuple[str, list[str], bool]]) -> None:
-    tracker = SessionTracker(gap=1e9)
+def _check_against_sets(
+    tracker: SessionTracker | PySessionTracker, posts: list[tuple[str, list[str], bool]]
+) -> None:
     seen: dict[str, set[str]] = {"a": set(), "b": set()}
     happy_seen: dict[str, set[str]] = {"a": set(), "b": set()}
     for t, (author, keys, happy) in enumerate(posts):
@@ -292,4 +298,4 @@ def _check_against_sets(posts: list[tuple[str, list[str], bool]]) -> None:
                 expected.append((key, int(new), int(new_happy)))
         assert tracker.admit(author, float(t), keys, happy=happy) == expected
     held = sum(len(s) for s in seen.values()) + sum(len(s) for s in happy_seen.values())
-    assert tracker._key_count == held
+    assert tracker.key_count == held

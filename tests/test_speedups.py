@@ -15,10 +15,11 @@ from hypothesis import strategies as st
 
 from happyhashtags import aggregate
 from happyhashtags.aggregate import COMPILED, PyRecentIds, id_key, restore_recent_ids
+from happyhashtags.sessions import PySessionTracker
 from services import IN_CI
 
 if COMPILED:
-    from happyhashtags._speedups import IdRing
+    from happyhashtags._speedups import IdRing, SessionTable
 elif IN_CI:
     pytest.fail(
         "happyhashtags._speedups is not built (needs a C compiler at install time)",
@@ -103,3 +104,95 @@ def test_version_says_the_speedups_are_compiled() -> None:
     result = CliRunner().invoke(cli, ["--version"])
     assert result.exit_code == 0
     assert "(compiled speedups)" in result.output
+
+
+# -- sessions --------------------------------------------------------------------------------
+
+# One step: ("admit", author, time, keys, happy, count?) or ("expire",) or ("pickle",).
+_STEP = st.one_of(
+    st.tuples(
+        st.just("admit"),
+        st.sampled_from(["a", "b", "c", "d", "é", "1234567890123", "did:plc:x" * 3]),
+        st.integers(min_value=0, max_value=60).map(lambda t: t / 2),
+        st.lists(st.sampled_from(["x", "y", "z", "xy", "long-hashtag-name", "ü"]), max_size=4),
+        st.booleans(),
+        st.booleans(),
+    ),
+    st.just(("expire",)),
+    st.just(("pickle",)),
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    steps=st.lists(_STEP, max_size=60),
+    gap=st.sampled_from([1.0, 3.0, 10.0, 1e9]),
+    lateness=st.sampled_from([0.0, 2.0, 1e9]),
+    expire_every=st.integers(min_value=1, max_value=20),
+    max_sessions=st.integers(min_value=1, max_value=6),
+    max_session_keys=st.integers(min_value=1, max_value=25),
+)
+def test_session_table_answers_as_the_python_twin(
+    steps: list[tuple[object, ...]],
+    gap: float,
+    lateness: float,
+    expire_every: int,
+    max_sessions: int,
+    max_session_keys: int,
+) -> None:
+    # Small limits, so that expiry by time, by session count and by hashtag count (with ties in
+    # the least recent times) all happen often; pickling midway must change nothing.
+    settings_ = dict(
+        gap=gap,
+        allowed_lateness=lateness,
+        expire_every=expire_every,
+        max_sessions=max_sessions,
+        max_session_keys=max_session_keys,
+    )
+    compiled, python = SessionTable(**settings_), PySessionTracker(**settings_)
+    for step in steps:
+        if step[0] == "expire":
+            assert compiled.expire() == python.expire()
+        elif step[0] == "pickle":
+            compiled = pickle.loads(pickle.dumps(compiled))
+        else:
+            _, author, t, keys, happy, count = step
+            cells_c: dict[str, int] | None = {} if count else None
+            cells_p: dict[str, int] | None = {} if count else None
+            assert compiled.admit_into(cells_c, author, t, keys, happy) == python.admit_into(
+                cells_p, author, t, keys, happy
+            )
+            assert cells_c == cells_p
+        assert len(compiled) == len(python)
+        assert compiled.key_count == python.key_count
+        assert compiled.watermark == python.watermark
+
+
+def test_session_table_survives_many_sessions_and_big_ones() -> None:
+    # Past the first index sizes, with spam-like sessions of thousands of hashtags (the hash
+    # table form of a session's hashtags), against the twin.
+    rng = random.Random(3)
+    compiled = SessionTable(gap=50.0, allowed_lateness=20.0, max_session_keys=30_000)
+    python = PySessionTracker(gap=50.0, allowed_lateness=20.0, max_session_keys=30_000)
+    for i in range(40_000):
+        author = f"spam{i % 3}" if i % 4 == 0 else str(rng.randrange(5_000))
+        keys = [f"t{rng.randrange(3_000 if author.startswith('spam') else 40)}"]
+        happy = rng.random() < 0.3
+        t = i / 200 + rng.random()
+        cells_c: dict[str, int] = {}
+        cells_p: dict[str, int] = {}
+        compiled.admit_into(cells_c, author, t, keys, happy)
+        python.admit_into(cells_p, author, t, keys, happy)
+        assert cells_c == cells_p
+    assert len(compiled) == len(python) > 1_000
+    assert compiled.key_count == python.key_count
+    restored = pickle.loads(pickle.dumps(compiled))
+    assert (len(restored), restored.key_count) == (len(compiled), compiled.key_count)
+    assert restored.admit("spam0", 400.0, ["t1"], happy=True) == python.admit(
+        "spam0", 400.0, ["t1"], happy=True
+    )
+
+
+def test_session_table_refuses_a_gap_of_zero() -> None:
+    with pytest.raises(ValueError, match="gap must be positive"):
+        SessionTable(gap=0)

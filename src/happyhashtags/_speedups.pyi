@@ -1,4 +1,5 @@
 from array import array
+from collections.abc import Sequence
 
 class IdRing:
     capacity: int
@@ -7,3 +8,35 @@ class IdRing:
     def add(self, post_id: str) -> bool: ...
     def add_key(self, key: int) -> bool: ...
     def keys(self) -> array[int]: ...
+
+class SessionTable:
+    gap: float
+    allowed_lateness: float
+    watermark: float
+    expire_every: int
+    max_sessions: int
+    max_session_keys: int
+    def __init__(
+        self,
+        *,
+        gap: float,
+        allowed_lateness: float = 3600.0,
+        expire_every: int = 65536,
+        max_sessions: int = 500_000,
+        max_session_keys: int = 2_000_000,
+    ) -> None: ...
+    def __len__(self) -> int: ...
+    @property
+    def key_count(self) -> int: ...
+    def admit(
+        self, author: str, event_time: float, keys: Sequence[str], *, happy: bool
+    ) -> list[tuple[str, int, int]]: ...
+    def admit_into(
+        self,
+        cells: dict[str, int] | None,
+        author: str,
+        event_time: float,
+        keys: Sequence[str],
+        happy: bool,
+    ) -> bool: ...
+    def expire(self) -> int: ...

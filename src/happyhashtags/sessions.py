@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import msgspec
 
-__all__ = ["HAPPY_MASK", "ONE_TWEET", "Cells", "SessionTracker"]
+__all__ = ["HAPPY_MASK", "ONE_TWEET", "Cells", "PySessionTracker", "SessionTracker"]
 
 log = logging.getLogger(__name__)
 
@@ -67,14 +68,18 @@ class _Session(msgspec.Struct, gc=False):
     happy: _Keys = _NONE
 
 
-class SessionTracker:
+class PySessionTracker:
     """Per-author sessions with bounded state.
 
     State is dropped for sessions that nothing can extend any more: those whose latest event time
     plus the gap lies more than `allowed_lateness` seconds before the latest event time seen in the
     whole stream (the watermark). A post arriving later than that is treated as a new session.
 
-    >>> tracker = SessionTracker(gap=1800)
+    This pure-Python class defines the behaviour; `SessionTracker` is its compiled twin
+    (``_speedups.SessionTable``: the same answers in about a third of the memory, faster) where
+    that is built, and this otherwise.
+
+    >>> tracker = PySessionTracker(gap=1800)
     >>> tracker.admit("alice", 0.0, ["cats"], happy=False)
     [('cats', 1, 0)]
     >>> tracker.admit("alice", 60.0, ["cats"], happy=True)
@@ -146,52 +151,58 @@ class SessionTracker:
         The hot path behind `admit`: no list of results is built. `cells` None records the post
         without counting it (a replay). Returns whether any key counted.
         """
+        # Limits are enforced once this post is recorded (`due`), never halfway through it.
         session = self._sessions.get(author)
+        due = False
         if session is None or event_time > session.latest + self.gap:
             if session is not None:
                 self._key_count -= _size(session.seen) + _size(session.happy)
             session = self._sessions[author] = _Session(event_time)
-            if len(self._sessions) > self.max_sessions:
-                self.expire()
+            due = len(self._sessions) > self.max_sessions
         elif event_time > session.latest:
             session.latest = event_time
         if event_time > self.watermark:
             self.watermark = event_time
         self._admitted += 1
         if self._admitted >= self._next_expiry:
-            self.expire()
-        if not keys:
-            return False
-        seen, happy_seen = session.seen, session.happy
+            due = True
         added = 0
-        for key in keys:
-            probe = f"\0{key}\0"
-            if (probe not in seen) if seen.__class__ is str else (key not in seen):
-                new = 1
-                seen = _with(seen, key)
-            else:
-                new = 0
-            if happy and (
-                (probe not in happy_seen)
-                if happy_seen.__class__ is str
-                else (key not in happy_seen)
-            ):
-                new_happy = 1
-                happy_seen = _with(happy_seen, key)
-            elif new:
-                new_happy = 0
-            else:
-                continue
-            added += new + new_happy
-            if cells is not None:
-                cells[key] = cells.get(key, 0) + new * ONE_TWEET + new_happy
-        if not added:
-            return False
-        session.seen, session.happy = seen, happy_seen
-        self._key_count += added
-        if self._key_count > self.max_session_keys:
+        if keys:
+            seen, happy_seen = session.seen, session.happy
+            for key in keys:
+                probe = f"\0{key}\0"
+                if (probe not in seen) if seen.__class__ is str else (key not in seen):
+                    new = 1
+                    seen = _with(seen, key)
+                else:
+                    new = 0
+                if happy and (
+                    (probe not in happy_seen)
+                    if happy_seen.__class__ is str
+                    else (key not in happy_seen)
+                ):
+                    new_happy = 1
+                    happy_seen = _with(happy_seen, key)
+                elif new:
+                    new_happy = 0
+                else:
+                    continue
+                added += new + new_happy
+                if cells is not None:
+                    cells[key] = cells.get(key, 0) + new * ONE_TWEET + new_happy
+            if added:
+                session.seen, session.happy = seen, happy_seen
+                self._key_count += added
+                if self._key_count > self.max_session_keys:
+                    due = True
+        if due:
             self.expire()
-        return True
+        return added > 0
+
+    @property
+    def key_count(self) -> int:
+        """Hashtags held by all sessions (each session's seen ones plus its happy ones)."""
+        return self._key_count
 
     def expire(self) -> int:
         """Drop sessions that no post within the allowed lateness can extend; return how many.
@@ -232,3 +243,12 @@ class SessionTracker:
     def _drop(self, author: str) -> None:
         session = self._sessions.pop(author)
         self._key_count -= _size(session.seen) + _size(session.happy)
+
+
+if TYPE_CHECKING:
+    SessionTracker = PySessionTracker
+else:
+    try:
+        from happyhashtags._speedups import SessionTable as SessionTracker
+    except ImportError:  # not built (no C compiler at install time): the same, slower
+        SessionTracker = PySessionTracker

@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 import zstandard
 
-from happyhashtags.aggregate import PostCounter
+from happyhashtags.aggregate import COMPILED, PostCounter
 
 if TYPE_CHECKING:
     from nats.js.client import JetStreamContext
@@ -98,6 +98,9 @@ def counter_fingerprint(counter: PostCounter) -> str:
     # The layout of the pickled state: snapshots of an older layout are refused (and the state is
     # rebuilt by replaying the stream), never half understood.
     values["state_format"] = _STATE_FORMAT
+    # The compiled sessions pickle to another form than their pure-Python twin: a snapshot taken
+    # with one is refused by the other (and the state rebuilt), not misread.
+    values["compiled"] = COMPILED
     happy = getattr(counter, "happy", None)
     values["happy"] = list(getattr(happy, "markers", ()))
     return hashlib.sha256(json.dumps(values, sort_keys=True).encode()).hexdigest()[:16]
@@ -114,12 +117,13 @@ def load_counter_into(counter: PostCounter, blob: bytes, ref: SnapshotRef) -> No
 
     Raises:
         SnapshotError: the blob does not match the digest recorded in the database, or the
-            snapshot was made with other counting settings.
+            snapshot was made with other counting settings (or with the compiled state where
+            this build has none, or the reverse).
     """
     if hashlib.sha256(blob).hexdigest() != ref.sha256:
         raise SnapshotError("its SHA-256 differs from the one recorded in the database")
     if counter_fingerprint(counter) != ref.config:
-        raise SnapshotError("it was made with other counting settings")
+        raise SnapshotError("it was made with other counting settings or another build")
     try:
         raw = zstandard.ZstdDecompressor().decompress(blob)
     except zstandard.ZstdError as exc:
