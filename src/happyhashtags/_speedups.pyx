@@ -232,7 +232,7 @@ _log = logging.getLogger("happyhashtags.sessions")
 
 cdef long long _ONE_TWEET = 1LL << 32  # sessions.ONE_TWEET
 cdef enum:
-    _LINEAR = 8  # a session's hashtags are a plain array up to this many, a hash table above
+    _LINEAR = 16  # a session's hashtags are a plain array up to this many, a hash table above
 
 
 ctypedef struct Session:
@@ -329,8 +329,8 @@ cdef int _tag_add(Session* s, uint64_t entry) except -1:
             s.tags[s.ntags] = entry
             s.ntags += 1
             return 0
-        _tag_rehash(s, 4 * _LINEAR)
-    elif (s.ntags + 1) * 2 > s.cap:
+        _tag_rehash(s, 2 * _LINEAR)
+    elif (s.ntags + 1) * 4 > s.cap * 3:  # at most 3/4 full
         _tag_rehash(s, s.cap * 2)
     _tag_put(s.tags, s.cap, entry)
     s.ntags += 1
@@ -341,9 +341,10 @@ cdef class SessionTable:
     """Per-author sessions with bounded state: the compiled `sessions.PySessionTracker`.
 
     Same rules, same answers (the tests compare them), in about a third of the memory: an
-    author is a 64-bit hash of its id, a session a 40-byte record, a hashtag 8 to 16 bytes (a
-    62-bit hash of it). Two different hashtags of one session, or two authors, would have to
-    share a hash to be confused: a chance of about 1 in 10^10 for a million authors.
+    author is a 64-bit hash of its id, a session a 40-byte record, a hashtag an 8-byte entry (a
+    62-bit hash of it) in an array, or past 16 in a hash table at most 3/4 full. Two hashtags of
+    one session, or two authors, would have to share a hash to be confused: a chance of about 1
+    in 3 * 10^7 for a million authors, and far less for the few hashtags of one session.
     """
 
     cdef Session* _items      # in insertion order, as a dict's items
