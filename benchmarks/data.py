@@ -12,10 +12,13 @@ from __future__ import annotations
 import argparse
 import hashlib
 import inspect
+import multiprocessing
 import os
 import platform
 import random
+import statistics
 import sys
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
@@ -162,6 +165,40 @@ def machine_info() -> dict[str, object]:
         "platform": platform.platform(),
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
     }
+
+
+def _spin(iterations: int) -> None:
+    # CPU-bound Python of the counter's kind (dict gets and sets), no I/O, no shared state.
+    counts: dict[int, int] = {}
+    for i in range(iterations):
+        key = i & 0xFFFF
+        counts[key] = counts.get(key, 0) + i
+
+
+def _timed_processes(jobs: list[int]) -> float:
+    context = multiprocessing.get_context("fork")
+    processes = [context.Process(target=_spin, args=(n,)) for n in jobs]
+    started = time.perf_counter()
+    for process in processes:
+        process.start()
+    for process in processes:
+        process.join()
+    return time.perf_counter() - started
+
+
+def parallel_scaling(iterations: int = 4_000_000, repeat: int = 3) -> float:
+    """How much faster this machine runs two independent CPU-bound Python processes side by
+    side than the same work in one process (median of `repeat`, each pair back to back).
+
+    The ceiling for ``--workers 2`` here, whose processes also share work: on a machine whose
+    two CPUs are not two full cores, or with a neighbour on the host, this is below 2.
+    """
+    ratios = []
+    for _ in range(repeat):
+        alone = _timed_processes([2 * iterations])
+        side_by_side = _timed_processes([iterations, iterations])
+        ratios.append(alone / side_by_side)
+    return round(statistics.median(ratios), 3)
 
 
 def load_average() -> list[float]:

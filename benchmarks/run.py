@@ -72,6 +72,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="the seed-style baseline reads only the file's first N posts: it is slow [100000]",
     )
     runs.add_argument("--timeout", type=float, default=3600.0, help="per case run, seconds")
+    runs.add_argument(
+        "--scaling-iterations",
+        type=int,
+        default=4_000_000,
+        help="work of the machine's two-process scaling check, per process [4000000]",
+    )
     extra = parser.add_argument_group("opt-in cases")
     extra.add_argument("--profile", action="store_true", help="profile the run case (cProfile)")
     extra.add_argument("--memory", action="store_true", help="peak RSS over a long stream")
@@ -93,8 +99,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     unknown = sorted(set(args.case_list) - set(report.MAIN_CASES))
     if unknown:
         parser.error(f"unknown case(s): {', '.join(unknown)}")
-    if args.repeat < 1 or args.posts < 1:
-        parser.error("--repeat and --posts must be at least 1")
+    if args.repeat < 1 or args.posts < 1 or args.scaling_iterations < 1:
+        parser.error("--repeat, --posts and --scaling-iterations must be at least 1")
     return args
 
 
@@ -147,6 +153,7 @@ class Bench:
         self.runs: dict[str, list[dict[str, Any]]] = {name: [] for name in args.case_list}
         self.checks: dict[str, Any] = {"same_counts": []}
         self.extra: dict[str, dict[str, Any]] = {}
+        self.scaling: float | None = None
         self.path = Path()
         self.queue: str | None = None  # the stream the process case reads
         self.queue_error = ""
@@ -281,6 +288,12 @@ class Bench:
             return 2
         load_before = data.load_average()
         started = datetime.now(UTC)
+        # Measured first, on the machine as the cases will find it.
+        self.scaling = data.parallel_scaling(args.scaling_iterations)
+        console.print(
+            f"this machine runs two independent CPU-bound processes {self.scaling:.2f}x as fast "
+            "as one (the ceiling for --workers 2)"
+        )
         dataset = data.Dataset(
             posts=args.posts,
             seed=args.seed,
@@ -336,7 +349,7 @@ class Bench:
         result: dict[str, Any] = {
             "started_at": started.isoformat(timespec="seconds"),
             "finished_at": datetime.now(UTC).isoformat(timespec="seconds"),
-            "machine": data.machine_info(),
+            "machine": {**data.machine_info(), "parallel_scaling": self.scaling},
             "postgres_version": self.postgres.server_version(),
             "load_before": load_before,
             "load_after": data.load_average(),
@@ -350,7 +363,9 @@ class Bench:
             },
             "cases": cases,
             "checks": self.checks,
-            "targets": report.targets(self.runs, cases, self.checks, self.extra),
+            "targets": report.targets(
+                self.runs, cases, self.checks, self.extra, scaling=self.scaling
+            ),
             **self.extra,
         }
         # Wide enough for the tables when the output goes to a file or a CI log.

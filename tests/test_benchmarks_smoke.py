@@ -40,6 +40,7 @@ def bench_report(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
             str(ROOT / "benchmarks" / "run.py"),
             f"--posts={POSTS}",
             "--repeat=1",
+            "--scaling-iterations=100000",
             f"--baseline-posts={POSTS}",
             f"--data-dir={out}",
             f"--report={path}",
@@ -111,6 +112,11 @@ def test_targets_have_verdicts_and_the_ratios_are_computed(bench_report: dict[st
 def test_machine_and_load_are_recorded(bench_report: dict[str, Any]) -> None:
     assert bench_report["machine"]["nproc"] >= 1
     assert bench_report["machine"]["cpu"]
+    # Two processes side by side against one: more than 0, at most about the CPU count.
+    scaling = bench_report["machine"]["parallel_scaling"]
+    assert 0.3 < scaling <= bench_report["machine"]["nproc"] * 1.2
+    workers = next(t for t in bench_report["targets"] if t["target"].startswith("--workers 2 vs"))
+    assert workers["note"] == f"this machine's ceiling: {scaling:.2f}x"
     assert len(bench_report["load_before"]) == 3
     assert len(bench_report["load_after"]) == 3
     assert bench_report["parameters"]["posts"] == POSTS
