@@ -237,7 +237,7 @@ def reference(
 ) -> dict[tuple[datetime, str], tuple[int, int]]:
     counter = counter_from_settings(load_settings({"session_gap": session_gap}))
     for line in generate_messages(messages, seed=seed):
-        post = decode_x(line, 0.0)
+        post = decode_x(line, time.time())
         if isinstance(post, Post):
             counter.add(post)
     return {(from_epoch(b), tag): (t, h) for (b, tag), (t, h) in counter.drain().items()}

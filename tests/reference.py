@@ -307,10 +307,12 @@ def count_reference(
     markers: Iterable[str] = (":)",),
     session_gap: float = 0.0,
     retweets: bool = True,
-    received_at: float | Callable[[int], float] = 0.0,
+    received_at: float | Callable[[int], float] | None = None,
 ) -> Reference:
     """Count `lines` by the rules. `received_at` is the read time (or a function of the line's
-    0-based index) used as the event time of posts without ``created_at``."""
+    0-based index): the event time of posts without ``created_at``, or with one more than five
+    minutes after it. None: the lines were read after every post's time (as when a test
+    generates them and reads them now), and every post has one."""
     markers = tuple(markers)
     result = Reference()
     cells: dict[tuple[int, str], list[int]] = {}
@@ -339,8 +341,12 @@ def count_reference(
             continue
         result.posts += 1
         event = item.event_time
-        if event is None:
-            event = received_at(index) if callable(received_at) else received_at
+        if received_at is not None:
+            read = received_at(index) if callable(received_at) else received_at
+            if event is None or event > read + 300.0:
+                event = read
+        elif event is None:
+            raise ValueError("a post without created_at needs the read time (received_at)")
         bucket = math.floor(event) // bucket_seconds * bucket_seconds
         happy = is_happy_reference(item.text, markers)
         tags = {normalize_reference(t) for t in item.hashtags} - {""}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections import Counter
 
 import pytest
@@ -208,7 +209,7 @@ def test_sessions_reduce_a_spammers_counts_on_the_demo_stream() -> None:
     from happyhashtags.sources.demo import generate_messages
 
     lines = list(generate_messages(3000, seed=7))
-    posts = [p for p in (decode_x(x, 0.0) for x in lines) if isinstance(p, Post)]
+    posts = [p for p in (decode_x(x, time.time()) for x in lines) if isinstance(p, Post)]
     plain, sessions = PostCounter(session_gap=0), PostCounter(session_gap=GAP)
     for post in posts:
         plain.add(post)

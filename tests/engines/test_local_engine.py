@@ -164,7 +164,7 @@ def test_positions_commit_with_the_counts_and_resume(tmp_path: Path) -> None:
     _run(store, second, session_gap=0.0)
     assert second.resumed_from == Checkpoint(200, "state-200")
     assert store.read_position("test-consumer") == Checkpoint(300, "state-300")
-    assert store.counts() == count_reference(lines).counts
+    assert store.counts() == count_reference(lines, received_at=READ_AT).counts
 
 
 class _BlockingSource(ListSource):
@@ -210,7 +210,7 @@ def test_a_signal_while_waiting_for_the_source_stops_and_flushes(tmp_path: Path)
         signal.signal(signal.SIGUSR1, previous)
     assert summary.interrupted
     assert summary.posts == len(lines)
-    assert store.counts() == count_reference(lines).counts
+    assert store.counts() == count_reference(lines, received_at=READ_AT).counts
 
 
 def test_request_stop_ends_the_run_with_a_flush(tmp_path: Path) -> None:
@@ -234,7 +234,7 @@ def test_request_stop_ends_the_run_with_a_flush(tmp_path: Path) -> None:
     assert summary.lines == 200
     assert source.closed
     assert summary.interrupted  # stopped while counting, not in a read: still an interruption
-    assert store.counts() == count_reference(lines[:200]).counts
+    assert store.counts() == count_reference(lines[:200], received_at=READ_AT).counts
 
 
 @pytest.mark.parametrize("overlap", [True, False])

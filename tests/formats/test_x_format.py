@@ -8,16 +8,17 @@ from typing import Any
 
 import pytest
 
+from happyhashtags.aggregate import PostCounter
 from happyhashtags.errors import DecodeError
 from happyhashtags.formats import get_decoder
-from happyhashtags.formats.x import decode_x, parse_v1_time, parse_v2_time
+from happyhashtags.formats.x import FUTURE_TOLERANCE, decode_x, parse_v1_time, parse_v2_time
 from happyhashtags.model import Post, Skipped
 from reference import Dead, decode_reference, parse_created_at
 from services import shared_file
 
 V1 = ("fixtures", "x-api-v1.1-statuses.jsonl")
 V2 = ("fixtures", "x-api-v2-default-fields.jsonl")
-READ_AT = 1_700_000_000.25
+READ_AT = 1_800_000_000.25  # 2027-01-15: after every fixture's created_at
 
 
 def _lines(*parts: str) -> list[bytes]:
@@ -355,3 +356,44 @@ def test_unusable_lines_raise_a_decode_error_with_a_reason(line: bytes) -> None:
 
 def test_the_registry_names_the_x_decoder() -> None:
     assert get_decoder("x") is decode_x
+
+
+@pytest.mark.parametrize("ahead", [FUTURE_TOLERANCE - 1, FUTURE_TOLERANCE + 1, 80 * 365 * 86400])
+def test_a_created_at_far_after_the_read_time_is_replaced_by_it(ahead: float) -> None:
+    created = datetime.fromtimestamp(READ_AT + ahead, UTC)
+    v2 = {"data": {"id": "1", "text": "#a", "author_id": "7", "created_at": created.isoformat()}}
+    v1 = {
+        "id_str": "2",
+        "text": "#a",
+        "user": {"id_str": "7"},
+        "created_at": created.strftime("%a %b %d %H:%M:%S +0000 %Y"),
+    }
+    for message in (v2, v1):
+        post = _post(message)
+        # Within the tolerance the post keeps its time (clocks differ a little); beyond, the
+        # read time: a wrong clock must not open a bucket in the future.
+        expected = READ_AT if ahead > FUTURE_TOLERANCE else int(READ_AT + ahead)
+        assert int(post.event_time) == int(expected)
+
+
+def test_a_post_from_the_far_future_does_not_switch_sessions_off() -> None:
+    # Before: its time became the sessions' watermark, every live session expired, and an
+    # author's repeated hashtag counted again.
+    def line(post_id: str, author: str, at: float) -> bytes:
+        created = datetime.fromtimestamp(at, UTC).isoformat()
+        data = {"id": post_id, "text": "#spam", "author_id": author, "created_at": created}
+        return json.dumps({"data": data}).encode()
+
+    counter = PostCounter(session_gap=1800.0)
+    sessions = counter.sessions
+    assert sessions is not None
+    for post_id, author, at in [
+        ("1", "alice", READ_AT - 120),
+        ("2", "bob", READ_AT + 10 * 365 * 86400),
+        ("3", "alice", READ_AT - 60),
+    ]:
+        post = decode_x(line(post_id, author, at), READ_AT)
+        assert isinstance(post, Post)
+        counter.add(post)
+        sessions.expire()  # as the engine does every so often
+    assert sum(tweets for tweets, _ in counter.drain().values()) == 2  # alice once, bob once

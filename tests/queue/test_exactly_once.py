@@ -73,8 +73,8 @@ def ingested(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, in
 
 @pytest.fixture(scope="module")
 def posts() -> list[Post]:
-    """The same messages, decoded (they all carry their time: the read time does not matter)."""
-    decoded = [decode_x(line, 0.0) for line in generate_messages(MESSAGES, seed=SEED)]
+    """The same messages, decoded as read now (they all carry an earlier time, which they keep)."""
+    decoded = [decode_x(line, time.time()) for line in generate_messages(MESSAGES, seed=SEED)]
     return [post for post in decoded if isinstance(post, Post)]
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from collections import Counter
 from datetime import UTC, datetime, timedelta
 
@@ -44,7 +45,7 @@ def test_messages_are_v2_stream_messages_with_consistent_entities() -> None:
 
 def test_the_stream_covers_retweets_markers_unicode_and_spammers() -> None:
     lines = list(generate_messages(3000, seed=5))
-    posts = [decode_x(line, 0.0) for line in lines]
+    posts = [decode_x(line, time.time()) for line in lines]
     assert all(isinstance(p, Post) for p in posts)
     real = [p for p in posts if isinstance(p, Post)]
     assert sum(p.is_retweet for p in real) > 100
@@ -75,7 +76,7 @@ def test_event_times_follow_the_rate_with_jitter() -> None:
 def test_the_reference_reads_the_demo_like_the_decoder() -> None:
     lines = list(generate_messages(500, seed=9))
     for line in lines:
-        post = decode_x(line, 0.0)
+        post = decode_x(line, time.time())
         ref = decode_reference(line)
         assert isinstance(post, Post)
         assert not isinstance(ref, str)

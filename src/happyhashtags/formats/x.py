@@ -15,7 +15,7 @@ import msgspec
 from happyhashtags.errors import DecodeError
 from happyhashtags.model import Post, Skipped
 
-__all__ = ["decode_x", "parse_v1_time", "parse_v2_time"]
+__all__ = ["FUTURE_TOLERANCE", "decode_x", "parse_v1_time", "parse_v2_time"]
 
 
 class _Hashtag(msgspec.Struct, gc=False):
@@ -124,6 +124,13 @@ def parse_v1_time(value: str) -> float:
     return float(seconds)
 
 
+FUTURE_TOLERANCE = 300.0
+"""Seconds a post's ``created_at`` may lie after the time its line was read before the post is
+timed by the read time instead. A far-future time (a skewed clock, a bad export) would
+otherwise open a bucket in the future and move the sessions' watermark there, which expires
+every live session: anti-spam sessions would be off for the rest of the run."""
+
+
 def parse_v2_time(value: str) -> float:
     """Seconds since the epoch of an ISO 8601 time such as ``2022-10-10T20:19:24.000Z``."""
     try:
@@ -173,11 +180,14 @@ def _v2_post(message: _Envelope, tweet: _V2Tweet, received_at: float) -> Post:
     else:
         text, entities = source.text, source.entities
     created = tweet.created_at
+    event_time = received_at if created is None else _v2_time(created)
+    if event_time > received_at + FUTURE_TOLERANCE:
+        event_time = received_at
     # Positional: this runs once per post, and keywords cost a little more.
     return Post(
         tweet.id,
         tweet.author_id,
-        received_at if created is None else _v2_time(created),
+        event_time,
         text,
         _tags(entities),
         is_retweet,
@@ -196,10 +206,13 @@ def _v1_post(status: _Envelope, received_at: float) -> Post:
     if status.user is not None:
         author = status.user.id_str or (str(status.user.id) if status.user.id else None)
     created = status.created_at
+    event_time = parse_v1_time(created) if created else received_at
+    if event_time > received_at + FUTURE_TOLERANCE:
+        event_time = received_at
     return Post(
         id=post_id,
         author=author,
-        event_time=parse_v1_time(created) if created else received_at,
+        event_time=event_time,
         text=text,
         hashtags=_tags(entities),
         is_retweet=status.retweeted_status is not None,
