@@ -335,9 +335,10 @@ def print_summary(summary: RunSummary) -> None:
     """The end-of-run summary: what was read, counted and skipped, and how fast."""
     skipped = ", ".join(f"{reason} {n:,}" for reason, n in summary.skipped.most_common()) or "none"
     note = " (interrupted: counts so far were written)" if summary.interrupted else ""
+    idle = f" over {summary.elapsed - summary.idle:.2f} s busy" if summary.idle else ""
     click.echo(
         f"read {summary.lines:,} lines in {summary.elapsed:.2f} s "
-        f"({summary.posts_per_second:,.0f} posts/s){note}\n"
+        f"({summary.posts_per_second:,.0f} posts/s{idle}){note}\n"
         f"posts {summary.posts:,}; counted {summary.counted:,}; duplicates {summary.duplicates:,}; "
         f"skipped: {skipped}; dead letters {summary.dead_letters:,}"
     )

@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 from happyhashtags.aggregate import PostCounter
 from happyhashtags.engines.base import Share
-from happyhashtags.engines.local import LocalEngine
+from happyhashtags.engines.local import LocalEngine, RunSummary
 from happyhashtags.model import Checkpoint
 from happyhashtags.sources.base import Batch
 from happyhashtags.storage import Store
@@ -292,3 +292,11 @@ def test_engines_counting_the_shares_of_a_stream_count_it_once_between_them(
 def test_a_share_outside_its_count_is_refused() -> None:
     with pytest.raises(ValueError, match="share 2 of 2 does not exist"):
         Share(2, 2)
+
+
+def test_summaries_add_up_with_the_longest_busy_time() -> None:
+    # process --workers N adds its consumers' summaries; each may have waited idle at the end.
+    total = RunSummary(posts=100, elapsed=10.0, idle=8.0)  # busy 2 s
+    total.add(RunSummary(posts=300, elapsed=9.0, idle=6.0))  # busy 3 s
+    assert (total.posts, total.elapsed, total.idle) == (400, 10.0, 7.0)
+    assert total.posts_per_second == pytest.approx(400 / 3)

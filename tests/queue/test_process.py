@@ -8,6 +8,7 @@ shared services are never stopped.
 from __future__ import annotations
 
 import asyncio
+import re
 import signal
 import time
 from collections.abc import Iterator, Sequence
@@ -411,3 +412,21 @@ def test_sigterm_stops_every_worker_which_commits_what_it_counted(
     assert position(postgres_url, "happyhashtags-1of2") == total
     assert position(postgres_url, "happyhashtags-2of2") == total
     assert counts(postgres_url) == reference(lines)
+
+
+def test_the_summary_rate_leaves_out_the_idle_wait_before_idle_exit(
+    nats_url: str, stream: str, postgres_url: str, tmp_path: Path
+) -> None:
+    queue = f"{nats_url}/{stream}"
+    ingest(queue, list(generate_messages(20_000, seed=14)), tmp_path / "spool", 64)
+    result = run_cli(
+        "process", "-q", queue, "--database", postgres_url, "--migrate", "--idle-exit", "1.5s"
+    )
+    found = re.search(
+        r"read ([\d,]+) lines in ([\d.]+) s \(([\d,]+) posts/s over ([\d.]+) s busy\)",
+        result.stdout,
+    )
+    assert found is not None, result.stdout
+    posts, elapsed, rate, busy = (float(g.replace(",", "")) for g in found.groups())
+    assert elapsed - busy >= 1.5  # the quiet spell before stopping
+    assert rate == pytest.approx(posts / busy, rel=0.05)  # busy is rounded to 0.01 s

@@ -39,10 +39,14 @@ class RunSummary:
     dead_letters: int = 0
     flushes: int = 0
     elapsed: float = 0.0
+    idle: float = 0.0
+    """Of `elapsed`, the seconds waited at the end for input that did not come (the source
+    stopped on its own, as `process --idle-exit` does): not counted in `posts_per_second`."""
     interrupted: bool = False
 
     def add(self, other: RunSummary) -> None:
-        """Add what another engine (a worker, a share's consumer) did; `elapsed` is the longest."""
+        """Add what another engine (a worker, a share's consumer) did; `elapsed` is the longest,
+        and so is the busy time (`elapsed` less `idle`)."""
         self.lines += other.lines
         self.posts += other.posts
         self.counted += other.counted
@@ -51,12 +55,15 @@ class RunSummary:
         self.skipped.update(other.skipped)
         self.dead_letters += other.dead_letters
         self.flushes += other.flushes
+        busy = max(self.elapsed - self.idle, other.elapsed - other.idle)
         self.elapsed = max(self.elapsed, other.elapsed)
+        self.idle = self.elapsed - busy
         self.interrupted = self.interrupted or other.interrupted
 
     @property
     def posts_per_second(self) -> float:
-        return self.posts / self.elapsed if self.elapsed > 0 else 0.0
+        busy = self.elapsed - self.idle
+        return self.posts / busy if busy > 0 else 0.0
 
 
 class LocalEngine(StoppableEngine):
@@ -153,6 +160,8 @@ class LocalEngine(StoppableEngine):
                 # Stopped on request wherever the signal found it (reading, counting, writing).
                 summary.interrupted = summary.interrupted or self.stop_requested
                 summary.elapsed = self._clock() - started
+                # Sources that stop on their own after a quiet spell say how long it was.
+                summary.idle = min(float(getattr(self.source, "idle_tail", 0.0)), summary.elapsed)
                 summary.counted = self.counter.stats.counted
                 summary.duplicates = self.counter.stats.duplicates
         return summary

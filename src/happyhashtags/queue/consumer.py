@@ -139,6 +139,8 @@ class NatsSource:
         self._last_time = 0.0
         self._caught_up = False
         self._last_activity = monotonic()
+        self.idle_tail = 0.0
+        """Seconds the stream had been quiet when `idle_exit` stopped the source (else 0)."""
         self._snapshot_due = monotonic() + snapshot_every
         self._snapshot_uploading = False
         self._durable_snapshot: SnapshotRef | None = None
@@ -450,6 +452,7 @@ class NatsSource:
         if self._monotonic() - self._last_activity < self.idle_exit:
             return False
         log.info("stream drained and idle for %g s: stopping (--idle-exit)", self.idle_exit)
+        self.idle_tail = self._monotonic() - self._last_activity
         return True
 
     def _open_consumer(self, start: int | None) -> None:
