@@ -339,6 +339,7 @@ def test_a_second_process_with_the_same_consumer_takes_over_and_the_first_stops(
         second = Background("process", "-q", queue, "--database", postgres_url)
         assert first.finish(30) == 1
         assert "took over consumer happyhashtags" in first.err
+        assert "read 30 lines in" in first.out  # what it did before: 30 posts, committed
         assert second.proc.poll() is None
         second.proc.send_signal(signal.SIGTERM)
         assert second.finish(15) == 0, second.err

@@ -134,12 +134,22 @@ def wait_for_database(
     return False
 
 
+class ConsumerFailed(HappyHashtagsError):
+    """A consumer stopped on an error after counting: `summary` says what it had done (its
+    counts up to there are committed)."""
+
+    def __init__(self, message: str, summary: RunSummary) -> None:
+        super().__init__(message)
+        self.summary = summary
+
+
 def consume(options: ConsumeOptions, share: Share | None = None) -> RunSummary | None:
     """Run one consumer (of `share`, or of the whole stream) until it stops; its summary, or
     None if it was stopped before it started counting.
 
     Raises:
-        HappyHashtagsError: a configuration problem, or the consumer was taken over.
+        ConsumerFailed: the consumer was taken over by another process.
+        HappyHashtagsError: a configuration problem.
     """
     from happyhashtags.engines.local import LocalEngine
     from happyhashtags.queue.consumer import NatsSource
@@ -192,9 +202,10 @@ def consume(options: ConsumeOptions, share: Share | None = None) -> RunSummary |
         summary = engine.run()
     store.close()
     if source.taken_over:
-        raise HappyHashtagsError(
+        raise ConsumerFailed(
             f"another process took over consumer {consumer}: run one process per consumer name "
-            "(see docs/queue.md)"
+            "(see docs/queue.md)",
+            summary,
         )
     return summary
 
@@ -231,6 +242,8 @@ def _share_main(options: ConsumeOptions, share: Share, report: Connection, log_l
         result = ("ok", consume(options, share))
     except ConfigError as exc:
         result = ("config", str(exc))
+    except ConsumerFailed as exc:
+        result = ("failed", (str(exc), exc.summary))
     except HappyHashtagsError as exc:
         result = ("error", str(exc))
     except BaseException as exc:  # reported by the parent, which fails the command
@@ -246,7 +259,7 @@ def consume_shares(options: ConsumeOptions, workers: int) -> RunSummary:
 
     Raises:
         ConfigError: a consumer refused its configuration (the layout check, say).
-        HappyHashtagsError: a consumer failed or died.
+        ConsumerFailed: a consumer failed or died; its `summary` adds up what all had done.
     """
     context = multiprocessing.get_context("spawn")  # this process may run threads: never fork
     processes: list[BaseProcess] = []
@@ -291,11 +304,12 @@ def consume_shares(options: ConsumeOptions, workers: int) -> RunSummary:
                         errors.append(("error", f"{process.name} died (exit {process.exitcode})"))
                         stop_all()
                     continue
+                if status == "failed":
+                    payload, done = payload
+                    _merge_share(merged, done)
                 if status == "ok":
                     if payload is not None:
-                        lines = max(merged.lines, payload.lines)  # each reads every line
-                        merged.add(payload)
-                        merged.lines = lines
+                        _merge_share(merged, payload)
                 else:
                     errors.append((status, f"{process.name}: {payload}"))
                     stop_all()
@@ -305,5 +319,11 @@ def consume_shares(options: ConsumeOptions, workers: int) -> RunSummary:
         message = "; ".join(text for _, text in errors)
         if any(kind == "config" for kind, _ in errors):
             raise ConfigError(message)
-        raise HappyHashtagsError(message)
+        raise ConsumerFailed(message, merged)
     return merged
+
+
+def _merge_share(merged: RunSummary, share: RunSummary) -> None:
+    lines = max(merged.lines, share.lines)  # each consumer reads every line
+    merged.add(share)
+    merged.lines = lines

@@ -241,7 +241,12 @@ def process(
       happyhashtags process -q nats://127.0.0.1:4222/POSTS --idle-exit 10s --migrate
       happyhashtags process -q nats://127.0.0.1:4222/POSTS --workers 2
     """
-    from happyhashtags.commands.consume import ConsumeOptions, consume, consume_shares
+    from happyhashtags.commands.consume import (
+        ConsumeOptions,
+        ConsumerFailed,
+        consume,
+        consume_shares,
+    )
     from happyhashtags.queue.jetstream import require_nats
 
     require_nats()
@@ -258,14 +263,18 @@ def process(
     )
     summary: RunSummary | None
     workers = settings.workers
-    if workers > 1:
-        if auto_migrate:
-            # Once, here: the consumers would otherwise migrate side by side.
-            with Store(url=settings.database_url.get_secret_value()) as store:
-                store.migrate()
-        summary = consume_shares(replace(options, migrate=False), workers)
-    else:
-        summary = consume(options)
+    try:
+        if workers > 1:
+            if auto_migrate:
+                # Once, here: the consumers would otherwise migrate side by side.
+                with Store(url=settings.database_url.get_secret_value()) as store:
+                    store.migrate()
+            summary = consume_shares(replace(options, migrate=False), workers)
+        else:
+            summary = consume(options)
+    except ConsumerFailed as exc:
+        print_summary(exc.summary)  # what was counted (and committed) before the error
+        raise
     if summary is not None:
         print_summary(summary)
 
