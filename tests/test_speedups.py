@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import pickle
 import random
+from datetime import UTC, datetime
 
 import pytest
 from hypothesis import given, settings
@@ -15,11 +16,13 @@ from hypothesis import strategies as st
 
 from happyhashtags import aggregate
 from happyhashtags.aggregate import COMPILED, PyRecentIds, id_key, restore_recent_ids
+from happyhashtags.errors import DecodeError
+from happyhashtags.formats.x import parse_v2_time
 from happyhashtags.sessions import PySessionTracker
 from services import IN_CI
 
 if COMPILED:
-    from happyhashtags._speedups import IdRing, SessionTable
+    from happyhashtags._speedups import IdRing, SessionTable, parse_x_time
 elif IN_CI:
     pytest.fail(
         "happyhashtags._speedups is not built (needs a C compiler at install time)",
@@ -196,3 +199,53 @@ def test_session_table_survives_many_sessions_and_big_ones() -> None:
 def test_session_table_refuses_a_gap_of_zero() -> None:
     with pytest.raises(ValueError, match="gap must be positive"):
         SessionTable(gap=0)
+
+
+# -- X's created_at --------------------------------------------------------------------------
+
+
+def _x_format(moment: datetime, digits: int) -> str:
+    fraction = {0: "", 3: f".{moment.microsecond // 1000:03d}", 6: f".{moment.microsecond:06d}"}
+    return moment.strftime("%Y-%m-%dT%H:%M:%S").rjust(19, "0") + fraction[digits] + "Z"
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    moment=st.datetimes(min_value=datetime(1, 1, 1), max_value=datetime(9999, 12, 31)),
+    digits=st.sampled_from([0, 3, 6]),
+)
+def test_x_times_parse_exactly_as_datetime_does(moment: datetime, digits: int) -> None:
+    value = _x_format(moment, digits)
+    fast = parse_x_time(value)
+    assert fast is None or fast == parse_v2_time(value)  # the same float, to the last bit
+    if 1970 <= moment.year < 2200:
+        assert fast is not None  # X's own times take the compiled path
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    base=st.datetimes(min_value=datetime(1990, 1, 1), max_value=datetime(2100, 1, 1)),
+    position=st.integers(min_value=0, max_value=26),
+    char=st.sampled_from(list("0123456789-:T.Z +x\u0663")),
+    digits=st.sampled_from([0, 3, 6]),
+)
+def test_anything_else_is_left_to_parse_v2_time(
+    base: datetime, position: int, char: str, digits: int
+) -> None:
+    # One character changed anywhere: the fast parser answers as datetime would, or not at all.
+    value = _x_format(base, digits)
+    value = value[:position] + char + value[position + 1 :]
+    fast = parse_x_time(value)
+    if fast is None:
+        return
+    try:
+        expected = parse_v2_time(value)
+    except DecodeError:
+        pytest.fail(f"{value!r}: parsed as {fast}, which datetime refuses")
+    assert fast == expected
+
+
+def test_x_times_reject_impossible_dates() -> None:
+    for value in ["2023-02-29T00:00:00.000Z", "2024-13-01T00:00:00.000Z", "2024-04-31T00:00:00Z"]:
+        assert parse_x_time(value) is None
+    assert parse_x_time("2024-02-29T23:59:59.999Z") == parse_v2_time("2024-02-29T23:59:59.999Z")

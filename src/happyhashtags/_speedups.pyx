@@ -690,3 +690,71 @@ def _session_table(params, bytes state):
     )
     table._load(state)
     return table
+
+
+# -- X's created_at ----------------------------------------------------------------------------
+
+cdef inline int _number(str value, Py_ssize_t start, Py_ssize_t count) noexcept:
+    # The ASCII digits value[start:start + count] as a number, or -1 (the caller checked length).
+    cdef Py_ssize_t i
+    cdef int number = 0
+    cdef unsigned int digit
+    for i in range(start, start + count):
+        digit = <unsigned int> value[i] - 48
+        if digit > 9:
+            return -1
+        number = number * 10 + digit
+    return number
+
+
+cdef inline long long _days_from_civil(long long y, long long m, long long d) noexcept:
+    # Days since 1970-01-01 of a proleptic Gregorian date (years 1 to 9999 here).
+    y -= m <= 2
+    cdef long long era = y // 400
+    cdef long long yoe = y - era * 400
+    cdef long long doy = (153 * (m + (-3 if m > 2 else 9)) + 2) // 5 + d - 1
+    cdef long long doe = yoe * 365 + yoe // 4 - yoe // 100 + doy
+    return era * 146097 + doe - 719468
+
+
+cdef int[13] _MONTH_DAYS = [0, 31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31]
+
+
+def parse_x_time(str value):
+    """Seconds since the epoch of a ``created_at`` as X writes it, ``2022-10-10T20:19:24.000Z``
+    (also with no fraction or six digits of it), exactly as `formats.x.parse_v2_time` computes
+    it; None for any other shape, which `parse_v2_time` then reads or refuses."""
+    cdef Py_ssize_t n = len(value)
+    cdef int year, month, day, hour, minute, second, micro = 0, limit
+    cdef long long total
+    if n not in (20, 24, 27) or value[n - 1] != "Z":
+        return None
+    if value[4] != "-" or value[7] != "-" or value[10] != "T" or value[13] != ":":
+        return None
+    if value[16] != ":":
+        return None
+    year, month, day = _number(value, 0, 4), _number(value, 5, 2), _number(value, 8, 2)
+    hour, minute, second = _number(value, 11, 2), _number(value, 14, 2), _number(value, 17, 2)
+    if n > 20:
+        if value[19] != ".":
+            return None
+        micro = _number(value, 20, n - 21)
+        if micro < 0:
+            return None
+        if n == 24:
+            micro *= 1000
+    if year < 1 or month < 1 or month > 12 or day < 1 or hour < 0 or hour > 23:
+        return None
+    if minute < 0 or minute > 59 or second < 0 or second > 59:
+        return None
+    limit = _MONTH_DAYS[month]
+    if month == 2 and year % 4 == 0 and (year % 100 != 0 or year % 400 == 0):
+        limit = 29
+    if day > limit:
+        return None
+    total = (_days_from_civil(year, month, day) * 86400 + hour * 3600 + minute * 60 + second)
+    total = total * 1_000_000 + micro
+    if total >= (1LL << 53) or total <= -(1LL << 53):
+        return None  # beyond exact doubles: let datetime round it
+    # Microseconds over 10**6, as datetime.timestamp() divides (exact operands, one rounding).
+    return <double> total / 1e6

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import calendar
 from datetime import datetime
+from typing import TYPE_CHECKING
 
 import msgspec
 
@@ -40,8 +41,8 @@ class _V2NoteTweet(msgspec.Struct, gc=False):
 class _V2Tweet(msgspec.Struct, gc=False):
     id: str | None = None
     text: str = ""
-    # msgspec parses RFC 3339 in C: several times faster than datetime.fromisoformat here.
-    created_at: datetime | None = None
+    # A string, read by `_x_time` (compiled: no datetime object is built) or `parse_v2_time`.
+    created_at: str | None = None
     author_id: str | None = None
     entities: _Entities | None = None
     referenced_tweets: list[_V2Reference] | None = None
@@ -152,11 +153,18 @@ def _tags(entities: _Entities | None) -> tuple[str, ...] | None:
     return tuple([t for h in hashtags if (t := h.tag or h.text)])
 
 
-def _v2_time(created: datetime) -> float:
-    if created.tzinfo is None:
-        # X always sends UTC; a naive time from an export is taken as UTC too.
-        return calendar.timegm(created.timetuple()) + created.microsecond / 1e6
-    return created.timestamp()
+def _no_fast_time(value: str) -> float | None:
+    """The pure-Python twin of ``_speedups.parse_x_time``: always "let parse_v2_time read it"."""
+    return None
+
+
+if TYPE_CHECKING:
+    _x_time = _no_fast_time
+else:
+    try:
+        from happyhashtags._speedups import parse_x_time as _x_time
+    except ImportError:  # not built: parse_v2_time reads every time
+        _x_time = _no_fast_time
 
 
 def _v2_post(message: _Envelope, tweet: _V2Tweet, received_at: float) -> Post:
@@ -180,7 +188,11 @@ def _v2_post(message: _Envelope, tweet: _V2Tweet, received_at: float) -> Post:
     else:
         text, entities = source.text, source.entities
     created = tweet.created_at
-    event_time = received_at if created is None else _v2_time(created)
+    if created is None:
+        event_time = received_at
+    else:
+        fast = _x_time(created)
+        event_time = parse_v2_time(created) if fast is None else fast
     if event_time > received_at + FUTURE_TOLERANCE:
         event_time = received_at
     # Positional: this runs once per post, and keywords cost a little more.
