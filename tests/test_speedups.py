@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pickle
 import random
-from datetime import UTC, datetime
+from datetime import datetime
 
 import pytest
 from hypothesis import given, settings
