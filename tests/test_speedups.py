@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import pickle
 import random
+import subprocess
+import sys
 from datetime import datetime
+from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
@@ -19,6 +22,7 @@ from happyhashtags.aggregate import COMPILED, PyRecentIds, id_key, restore_recen
 from happyhashtags.errors import DecodeError
 from happyhashtags.formats.x import parse_v2_time
 from happyhashtags.sessions import PySessionTracker
+from happyhashtags.storage import Store
 from services import IN_CI
 
 if COMPILED:
@@ -249,3 +253,34 @@ def test_x_times_reject_impossible_dates() -> None:
     for value in ["2023-02-29T00:00:00.000Z", "2024-13-01T00:00:00.000Z", "2024-04-31T00:00:00Z"]:
         assert parse_x_time(value) is None
     assert parse_x_time("2024-02-29T23:59:59.999Z") == parse_v2_time("2024-02-29T23:59:59.999Z")
+
+
+def test_without_the_compiled_module_the_package_counts_the_same(tmp_path: Path) -> None:
+    # A build without a C compiler: importing _speedups fails, every twin falls back to Python.
+    script = (
+        "import sys; sys.modules['happyhashtags._speedups'] = None\n"
+        "from happyhashtags.cli import main\n"
+        "sys.argv = ['happyhashtags', *sys.argv[1:]]\n"
+        "main()\n"
+    )
+
+    def run(database: Path, *pure: str) -> str:
+        args = ["run", "--source", "demo", "--limit", "6000", "--top", "0", "--migrate"]
+        done = subprocess.run(
+            [sys.executable, "-c", script if pure else "from happyhashtags.cli import main; main()",
+             *args, "--database", f"sqlite:///{database}"],
+            capture_output=True, text=True, timeout=120, check=True,
+        )  # fmt: skip
+        return done.stdout
+
+    version = subprocess.run(
+        [sys.executable, "-c", script, "--version"], capture_output=True, text=True, check=True
+    )
+    assert "pure Python" in version.stdout
+    run(tmp_path / "compiled.db")
+    run(tmp_path / "pure.db", "pure")
+    with Store(url=f"sqlite:///{tmp_path / 'compiled.db'}") as compiled:
+        expected = compiled.counts()
+    with Store(url=f"sqlite:///{tmp_path / 'pure.db'}") as pure:
+        assert pure.counts() == expected
+    assert len(expected) > 100
