@@ -27,14 +27,26 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 import msgspec
 
-from happyhashtags.errors import ConfigError, MissingExtraError, SourceError
-from happyhashtags.formats.bluesky import POST_COLLECTION, post_uri
+from happyhashtags.errors import ConfigError, SourceError
+from happyhashtags.formats.bluesky import POST_COLLECTION
 from happyhashtags.model import Checkpoint
 from happyhashtags.sources.base import Batch, Clock, system_clock
+from happyhashtags.sources.bluesky_protocol import (
+    CONNECT_OPTIONS,
+    DEFAULT_URL,
+    RETENTION,
+    ZSTD_MAGIC,
+    event_head,
+    failure_reason,
+    failure_status,
+    instance_key,
+    subscribe_url,
+    websockets_client,
+)
 from happyhashtags.timeutil import from_epoch
 
 if TYPE_CHECKING:
@@ -57,34 +69,7 @@ log = logging.getLogger(__name__)
 Sleeper = Callable[[float], None]
 """Waits the given seconds (injected so back-off tests take no time)."""
 
-DEFAULT_URL = "wss://jetstream2.us-east.bsky.network/subscribe"
-RETENTION = 36 * 3600.0
-"""About how long public Jetstream instances keep events for cursor playback (seconds)."""
-
-_ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 _STATE_VERSION = 1
-_CONNECT = {
-    "open_timeout": 10.0,
-    "close_timeout": 2.0,
-    "max_size": 16 << 20,  # a message larger than this ends the connection
-    "max_queue": 1024,  # messages buffered before reading from the socket pauses
-    "compression": None,  # Jetstream's own zstd is better than permessage-deflate
-    "user_agent_header": "happyhashtags",
-}
-
-
-class _HeadCommit(msgspec.Struct, gc=False):
-    operation: str = ""
-    collection: str = ""
-    rkey: str = ""
-
-
-class _Head(msgspec.Struct, gc=False):
-    """What the source needs from each event: its cursor and, for a post create, its URI."""
-
-    did: str = ""
-    time_us: int | None = None
-    commit: _HeadCommit | None = None
 
 
 class _Line(NamedTuple):
@@ -101,60 +86,7 @@ class _State(msgspec.Struct):
     recent: list[tuple[int, str]] = []
 
 
-_head_decoder = msgspec.json.Decoder(_Head)
 _state_decoder = msgspec.json.Decoder(_State)
-
-
-def _head(message: bytes) -> tuple[int | None, str | None]:
-    try:
-        head = _head_decoder.decode(message)
-    except msgspec.DecodeError:
-        return None, None  # the decoder dead-letters it
-    c = head.commit
-    if c and c.operation == "create" and c.collection == POST_COLLECTION and head.did and c.rkey:
-        return head.time_us, post_uri(head.did, c.rkey)
-    return head.time_us, None
-
-
-def instance_key(url: str) -> str:
-    """The instance a URL points to, as ``scheme://host[:port]/path``: no credentials, no query.
-
-    Used for logs, batch origins and the checkpoint state, so never holds a secret.
-    """
-    parts = urlsplit(url)
-    host = parts.hostname or ""
-    if ":" in host:
-        host = f"[{host}]"
-    port = f":{parts.port}" if parts.port else ""
-    return f"{parts.scheme}://{host}{port}{parts.path}"
-
-
-def subscribe_url(
-    url: str,
-    *,
-    collections: Sequence[str] = (POST_COLLECTION,),
-    cursor: int | None = None,
-    compress: bool = False,
-) -> str:
-    """The Jetstream subscription URL: `url` plus ``wantedCollections`` (unless `url` names its
-    own), ``cursor`` and ``compress=true``; other query parameters of `url` are kept.
-
-    >>> subscribe_url("wss://js.example/subscribe", cursor=1725911162329308)
-    'wss://js.example/subscribe?wantedCollections=app.bsky.feed.post&cursor=1725911162329308'
-    """
-    parts = urlsplit(url)
-    query = [
-        (k, v)
-        for k, v in parse_qsl(parts.query, keep_blank_values=True)
-        if k not in ("cursor", "compress")
-    ]
-    if not any(k == "wantedCollections" for k, _ in query):
-        query.extend(("wantedCollections", c) for c in collections)
-    if cursor is not None:
-        query.append(("cursor", str(cursor)))
-    if compress:
-        query.append(("compress", "true"))
-    return urlunsplit(parts._replace(query=urlencode(query, safe=":*")))
 
 
 @dataclass(slots=True)
@@ -334,7 +266,7 @@ class BlueskySource:
 
     def batches(self) -> Iterator[Batch]:
         """Connect, read, reconnect and fail over until closed."""
-        connect, errors = _websockets()
+        connect, errors = websockets_client()
         while not self._closed.is_set():
             index = self._index
             cursor = self._plan(self._instances[index])
@@ -353,7 +285,9 @@ class BlueskySource:
                     return
                 if self._started:
                     where = self._instances[index]
-                    log.warning("%s closed the connection (%s): reconnecting", where, _reason(exc))
+                    log.warning(
+                        "%s closed the connection (%s): reconnecting", where, failure_reason(exc)
+                    )
                 else:
                     self._note_failure(index, exc)
             if not self._closed.is_set():
@@ -396,7 +330,7 @@ class BlueskySource:
         )
         at = from_epoch(cursor / 1e6).isoformat(timespec="seconds") if cursor else "the live tail"
         log.info("connecting to %s from %s", self._instances[index], at)
-        return connect(url, **_CONNECT)
+        return connect(url, **CONNECT_OPTIONS)
 
     def _receive(self, conn: ClientConnection, deadline: float) -> bytes | None:
         """The next message, or None once closed or past `deadline` (`close` shuts the socket,
@@ -410,7 +344,7 @@ class BlueskySource:
             return None
 
     def _inflate(self, data: bytes) -> bytes:
-        if self._dctx is None or not data.startswith(_ZSTD_MAGIC):
+        if self._dctx is None or not data.startswith(ZSTD_MAGIC):
             return data
         try:
             inflated: bytes = self._dctx.decompressobj().decompress(data)
@@ -476,7 +410,7 @@ class BlueskySource:
                 yield Batch(lines, self._clock(), instance, cursors=cursors)
 
     def _intake(self, message: bytes, cursor: int | None) -> _Line | None:
-        time_us, uri = _head(message)
+        time_us, uri = event_head(message)
         self.stats.messages += 1
         if time_us is not None:
             if not self._started and (cursor is None or time_us > cursor):
@@ -529,7 +463,7 @@ class BlueskySource:
         self.stats.failures += 1
         self._failures += 1
         self._url_failures += 1
-        status, reason = _status(exc), _reason(exc)
+        status, reason = failure_status(exc), failure_reason(exc)
         log.warning("Jetstream %s: %s", self._instances[index], reason)
         client_error = status is not None and 400 <= status < 500 and status not in (408, 429)
         self._rejections = self._rejections + 1 if client_error else 0
@@ -574,20 +508,6 @@ def _split(pending: list[_Line]) -> tuple[list[_Line], list[_Line]]:
     return pending[:n], pending[n:]
 
 
-def _status(exc: BaseException | None) -> int | None:
-    status = getattr(getattr(exc, "response", None), "status_code", None)
-    return status if isinstance(status, int) else None
-
-
-def _reason(exc: BaseException | None) -> str:
-    if exc is None:
-        return "stalled"
-    status = _status(exc)
-    if status is not None:
-        return f"HTTP {status}"
-    return str(exc) or type(exc).__name__
-
-
 def _read_state(state: str | None) -> tuple[str | None, list[tuple[int, str]]]:
     try:
         parsed = _state_decoder.decode(state) if state else None
@@ -597,15 +517,6 @@ def _read_state(state: str | None) -> tuple[str | None, list[tuple[int, str]]]:
     if parsed is None or parsed.v != _STATE_VERSION:
         return None, []
     return parsed.instance, parsed.recent
-
-
-def _websockets() -> tuple[Any, tuple[type[BaseException], ...]]:
-    try:
-        from websockets.exceptions import WebSocketException
-        from websockets.sync.client import connect
-    except ImportError:
-        raise MissingExtraError("the Bluesky source", "bluesky") from None
-    return connect, (WebSocketException, OSError, TimeoutError)
 
 
 def from_settings(settings: Settings, _spec: str) -> BlueskySource:
