@@ -60,6 +60,8 @@ class StoppableEngine:
     """
 
     source: Source
+    stop_note = "what was counted so far will be written"
+    """What a stop by signal keeps, for the log."""
 
     def __init__(self, *, source: Source) -> None:
         self.source = source
@@ -79,7 +81,7 @@ class StoppableEngine:
 
     def handle_signal(self, signum: int, _frame: FrameType | None) -> None:
         """A signal handler (SIGINT, SIGTERM) that stops the run cleanly, with a flush."""
-        log.warning("signal %d: stopping; what was counted so far will be written", signum)
+        log.warning("signal %d: stopping; %s", signum, self.stop_note)
         self.request_stop()
         if self._waiting_for_source:
             raise KeyboardInterrupt

@@ -22,8 +22,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from types import FrameType
 
+from happyhashtags.engines.base import StoppableEngine
 from happyhashtags.errors import DecodeError
 from happyhashtags.formats import Decoder, get_decoder
 from happyhashtags.model import Post
@@ -73,14 +73,17 @@ class IngestSummary:
     interrupted: bool = False
 
 
-class Ingestor:
+class Ingestor(StoppableEngine):
     """Reads a source into a JetStream stream through the spool (see the module docstring).
 
     `run` returns when the source has ended and everything read is acknowledged, or soon after a
     stop request (`request_stop`, or `handle_signal` installed for SIGINT/SIGTERM): then it gives
     the publisher up to `stop_timeout` seconds to drain, and leaves the rest in the spool for
-    the next run.
+    the next run. The source is read on a thread of its own, so a signal never has to interrupt
+    a blocked read here.
     """
+
+    stop_note = "what was read stays in the spool if not published"
 
     def __init__(
         self,
@@ -101,7 +104,7 @@ class Ingestor:
         progress_every: float = 10.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self.source = source
+        super().__init__(source=source)
         self.url = url
         self.spool_dir = Path(spool_dir) / url.stream
         self.spool_max_bytes = spool_max_bytes
@@ -118,21 +121,8 @@ class Ingestor:
         self.durable_spool = durable_spool
         self.progress_every = progress_every
         self._clock = clock
-        self._stopping = threading.Event()
         self._dropped = 0
         self.summary = IngestSummary()
-
-    def request_stop(self) -> None:
-        """Stop reading the source; safe from a signal handler."""
-        self._stopping.set()
-        self.source.close()
-
-    def handle_signal(self, signum: int, _frame: FrameType | None) -> None:
-        """A SIGINT/SIGTERM handler: stop reading, publish what was read (briefly), exit."""
-        log.warning(
-            "signal %d: stopping; what was read stays in the spool if not published", signum
-        )
-        self.request_stop()
 
     def run(self) -> IngestSummary:
         """Ingest until the source ends (and all is acknowledged) or a stop is requested."""
