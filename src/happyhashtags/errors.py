@@ -31,6 +31,12 @@ class StorageError(HappyHashtagsError):
     """The database could not be reached, migrated or written."""
 
 
+class PositionConflict(HappyHashtagsError):
+    """Another writer committed a consumer's position since this one last read or wrote it (two
+    processes with one consumer name): nothing of this write was committed. Not a
+    `StorageError`: retrying cannot help, and the writer must stop."""
+
+
 class DecodeError(HappyHashtagsError, ValueError):
     """One input line could not be used; `reason` is a short stable tag for reports."""
 

@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 from happyhashtags.aggregate import PostCounter
 from happyhashtags.engines.base import Share
 from happyhashtags.engines.local import LocalEngine, RunSummary
+from happyhashtags.errors import PositionConflict
 from happyhashtags.model import Checkpoint
 from happyhashtags.sources.base import Batch
 from happyhashtags.storage import Store
@@ -300,3 +301,39 @@ def test_summaries_add_up_with_the_longest_busy_time() -> None:
     total.add(RunSummary(posts=300, elapsed=9.0, idle=6.0))  # busy 3 s
     assert (total.posts, total.elapsed, total.idle) == (400, 10.0, 7.0)
     assert total.posts_per_second == pytest.approx(400 / 3)
+
+
+class _RivalList(ResumableList):
+    """Another process with the same consumer name commits after this engine's first batch."""
+
+    def __init__(self, lines: list[bytes], store: Store) -> None:
+        super().__init__(lines, [50])
+        self.store = store
+
+    def batches(self) -> Iterator[Batch]:
+        for number, batch in enumerate(super().batches()):
+            if number == 2:
+                self.store.write({}, positions={self.consumer: Checkpoint(75)})
+            yield batch
+
+
+def test_a_rival_commit_for_the_same_consumer_stops_the_engine_without_writing(
+    tmp_path: Path,
+) -> None:
+    lines = crafted_stream(9, 200, bad=False, timeless=False, ids=10**9)
+    store = _store(tmp_path)
+    source = _RivalList(lines, store)
+    with pytest.raises(PositionConflict, match="another process committed"):
+        # Retrying for ever on storage errors, as process does: a conflict is not retried.
+        _run(
+            store,
+            source,
+            flush_posts=50,
+            session_gap=0.0,
+            write_retry=float("inf"),
+            overlap_writes=False,
+        )
+    assert store.read_position("test-consumer") == Checkpoint(75)  # the rival's, untouched
+    # Only what this engine committed before the rival: its first two batches.
+    assert store.counts() == count_reference(lines[:100], received_at=READ_AT).counts
+    assert source.acknowledged == [50, 100]

@@ -10,7 +10,7 @@ import pytest
 import sqlalchemy as sa
 
 from happyhashtags.aggregate import Counts
-from happyhashtags.errors import ConfigError, StorageError
+from happyhashtags.errors import ConfigError, PositionConflict, StorageError
 from happyhashtags.model import Checkpoint, DeadLetter
 from happyhashtags.storage import Store, database_url_for_display
 from happyhashtags.storage.store import RAW_CAP, normalize_url
@@ -216,7 +216,7 @@ def test_positions_are_written_with_the_counts(store: Store) -> None:
 def test_a_failing_write_leaves_neither_counts_nor_positions(store: Store) -> None:
     store.write({(T0, "kept"): [1, 1]}, positions={"c": Checkpoint(1)})
     dead = [DeadLetter(T0, "x", "r", "", b"raw")]
-    # The position is written after the counts in the transaction, and cannot be stored.
+    # A position that cannot be stored fails the whole transaction.
     with pytest.raises((sa.exc.SQLAlchemyError, OverflowError, StorageError)):
         store.write(
             {(T0, "kept"): [5, 5], (T0, "new"): [1, 0]}, dead, positions={"c": Checkpoint(2**63)}
@@ -227,6 +227,34 @@ def test_a_failing_write_leaves_neither_counts_nor_positions(store: Store) -> No
     assert store.counts() == {(_utc(T0), "kept"): (1, 1)}
     assert store.read_position("c") == Checkpoint(1)
     assert store.dead_letters() == []
+
+
+def test_a_fenced_position_moves_only_from_where_its_writer_left_it(store: Store) -> None:
+    # Two processes with one consumer name: both read "no position", both count the same input.
+    dead = [DeadLetter(T0, "x", "r", "", b"raw")]
+    store.write({(T0, "a"): [1, 0]}, positions={"c": Checkpoint(10)}, expected={"c": None})
+    with pytest.raises(PositionConflict, match="another process committed for consumer c"):
+        store.write(
+            {(T0, "a"): [1, 0]}, dead, positions={"c": Checkpoint(12)}, expected={"c": None}
+        )
+    # The first goes on from where it left its position; a writer that read 10 and lost the
+    # race to 11 stops too, and nothing of the refused writes is stored.
+    store.write({(T0, "a"): [1, 0]}, positions={"c": Checkpoint(11)}, expected={"c": 10})
+    with pytest.raises(PositionConflict):
+        store.write({(T0, "b"): [1, 0]}, dead, positions={"c": Checkpoint(13)}, expected={"c": 10})
+    assert store.read_position("c") == Checkpoint(11)
+    assert store.counts() == {(_utc(T0), "a"): (2, 0)}
+    assert store.dead_letters() == []
+
+
+def test_a_retried_write_whose_commit_went_through_is_not_written_twice(store: Store) -> None:
+    # The connection dropped after the commit: the writer retries the same write.
+    store.write({(T0, "a"): [1, 0]}, positions={"c": Checkpoint(5)}, expected={"c": None})
+    store.write({(T0, "a"): [1, 0]}, positions={"c": Checkpoint(5)}, expected={"c": None})
+    store.write({(T0, "a"): [2, 0]}, positions={"c": Checkpoint(8)}, expected={"c": 5})
+    store.write({(T0, "a"): [2, 0]}, positions={"c": Checkpoint(8)}, expected={"c": 5})
+    assert store.counts() == {(_utc(T0), "a"): (3, 0)}
+    assert store.read_position("c") == Checkpoint(8)
 
 
 def test_check_setting_records_then_guards_the_value(store: Store) -> None:

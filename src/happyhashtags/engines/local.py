@@ -12,7 +12,7 @@ from typing import NamedTuple, TypeVar, cast
 
 from happyhashtags.aggregate import Counts, PostCounter
 from happyhashtags.engines.base import Share, StoppableEngine, fewer_collections
-from happyhashtags.errors import DecodeError, StorageError
+from happyhashtags.errors import DecodeError, PositionConflict, StorageError
 from happyhashtags.formats import Decoder, get_decoder
 from happyhashtags.model import Checkpoint, DeadLetter, Post
 from happyhashtags.sources.base import Batch, Clock, Resumable, Source
@@ -113,6 +113,7 @@ class LocalEngine(StoppableEngine):
         self._resumable = source if isinstance(source, Resumable) else None
         self._cursor: int | None = None
         self._committed_cursor: int | None = None
+        self._fenced_out = False
         self.overlap_writes = overlap_writes
         self._writer: ThreadPoolExecutor | None = None
         self._pending: tuple[Future[bool], _WriteJob] | None = None
@@ -229,6 +230,8 @@ class LocalEngine(StoppableEngine):
         and the next flush first collects its outcome. `wait` writes synchronously.
         """
         self._collect()
+        if self._fenced_out:
+            return
         counts = self.counter.drain()
         dead, self._dead = self._dead, []
         positions: dict[str, Checkpoint] = {}
@@ -237,7 +240,7 @@ class LocalEngine(StoppableEngine):
             positions[source.consumer] = Checkpoint(cursor, source.checkpoint_state(cursor))
         if not (counts or dead or positions):
             return
-        job = _WriteJob(counts, dead, positions, cursor)
+        job = _WriteJob(counts, dead, positions, cursor, self._committed_cursor)
         if wait or not self.overlap_writes:
             self._finish(job, self._write(job))
             return
@@ -258,6 +261,9 @@ class LocalEngine(StoppableEngine):
     def _finish(self, job: _WriteJob, outcome: Callable[[], bool] | bool) -> None:
         try:
             written = outcome() if callable(outcome) else outcome
+        except PositionConflict:
+            self._fenced_out = True  # another process owns the consumer now: write nothing more
+            raise
         except StorageError:
             # Keep what the failed write held, so nothing counted is lost if the caller retries.
             self.counter.restore(job.counts)
@@ -277,7 +283,13 @@ class LocalEngine(StoppableEngine):
         """Write with retries; False if abandoned because the engine is stopping."""
         # Not acknowledged when abandoned, so a resumable source delivers it again after a restart.
         done = self._retrying(
-            lambda: self.store.write(job.counts, job.dead, positions=job.positions),
+            lambda: self.store.write(
+                job.counts,
+                job.dead,
+                positions=job.positions,
+                # Fenced: the position moves only from where this engine left it.
+                expected={consumer: job.previous for consumer in job.positions},
+            ),
             abandon_on_stop=self._resumable is not None,
         )
         return done is not _ABANDONED
@@ -311,6 +323,7 @@ class _WriteJob(NamedTuple):
     dead: list[DeadLetter]
     positions: dict[str, Checkpoint]
     cursor: int | None
+    previous: int | None  # the position last read or committed: where the write moves it from
 
 
 def _ends_message(cursors: Sequence[int] | None, done: int) -> bool:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -13,7 +14,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import URL, Connection, Engine, make_url
 
 from happyhashtags.aggregate import Counts
-from happyhashtags.errors import ConfigError, MissingExtraError, StorageError
+from happyhashtags.errors import ConfigError, MissingExtraError, PositionConflict, StorageError
 from happyhashtags.model import Checkpoint, DeadLetter
 from happyhashtags.storage.schema import (
     consumer_positions,
@@ -26,6 +27,8 @@ if TYPE_CHECKING:
     from alembic.config import Config
 
 __all__ = ["RAW_CAP", "Store", "TopRow", "database_url_for_display", "normalize_url"]
+
+log = logging.getLogger(__name__)
 
 RAW_CAP = 16_384
 """Characters of a dead letter's raw input that are kept."""
@@ -279,21 +282,37 @@ class Store:
         dead: Sequence[DeadLetter] = (),
         *,
         positions: Mapping[str, Checkpoint] | None = None,
+        expected: Mapping[str, int | None] | None = None,
     ) -> None:
         """Add `counts`, store `dead` letters and record consumer `positions`, in one transaction.
 
         Either all of it is committed or none: a consumer that resumes after its recorded
         position therefore counts every input exactly once.
 
+        `expected` fences a consumer's position: the position this writer last read or wrote
+        for it (None: no row yet). The position moves only from there; if it is elsewhere,
+        another writer has committed in between and nothing is written (`PositionConflict`),
+        unless it is already at the new position: then an earlier attempt of this very write
+        committed (its acknowledgement was lost with the connection) and it is not written
+        twice.
+
         Raises:
             StorageError: the database could not be reached or the transaction failed; nothing
                 was written, so the caller may retry with the same arguments.
+            PositionConflict: another writer moved a fenced position; nothing was written.
         """
         try:
             with self._connect() as connection, connection.begin():
-                self._write(connection, counts, dead)
+                # Positions first: the row lock orders concurrent writers of one consumer, and a
+                # fenced position that moved stops the write before any count is added.
                 for consumer, checkpoint in (positions or {}).items():
-                    self._write_position(connection, consumer, checkpoint)
+                    if expected is not None and consumer in expected:
+                        self._move_position(connection, consumer, expected[consumer], checkpoint)
+                    else:
+                        self._write_position(connection, consumer, checkpoint)
+                self._write(connection, counts, dead)
+        except _AlreadyCommitted:
+            return  # rolled back: the earlier attempt's commit stands
         except sa.exc.OperationalError as exc:
             raise StorageError(
                 f"writing to {database_url_for_display(self.url)} failed: {_first_line(exc.orig)}"
@@ -307,7 +326,7 @@ class Store:
             raise
 
     def _write_position(self, connection: Connection, consumer: str, cp: Checkpoint) -> None:
-        now = datetime.now(UTC).replace(tzinfo=None)
+        now = _utc_now()
         values = {
             "consumer": consumer,
             "position": cp.position,
@@ -325,6 +344,51 @@ class Store:
                 },
             ),
             values,
+        )
+
+    def _move_position(
+        self, connection: Connection, consumer: str, previous: int | None, cp: Checkpoint
+    ) -> None:
+        """Move `consumer`'s position from `previous` to `cp`.
+
+        Raises:
+            _AlreadyCommitted: it is at `cp` already.
+            PositionConflict: it is at neither.
+        """
+        values = {"position": cp.position, "state": cp.state, "updated_at": _utc_now()}
+        table = consumer_positions
+        # RETURNING, not rowcount: psycopg reports no rowcount for INSERT ... ON CONFLICT here.
+        if previous is None:
+            statement = (
+                self._insert(table)
+                .values(consumer=consumer, **values)
+                .on_conflict_do_nothing(index_elements=[table.c.consumer])
+            )
+        else:
+            statement = (
+                sa.update(table)
+                .where(table.c.consumer == consumer, table.c.position == previous)
+                .values(**values)
+            )
+        moved = len(connection.execute(statement.returning(table.c.consumer)).all())
+        if moved == 1:
+            return
+        row = connection.execute(
+            sa.select(table.c.position).where(table.c.consumer == consumer)
+        ).first()
+        now = None if row is None else int(row.position)
+        if now == cp.position:
+            log.warning(
+                "consumer %s is at position %d already: an earlier attempt of this write was "
+                "committed; not writing it again",
+                consumer,
+                cp.position,
+            )
+            raise _AlreadyCommitted
+        raise PositionConflict(
+            f"another process committed for consumer {consumer} (its position is {now}, not "
+            f"{previous} as this one left it): stopping without writing; run one process per "
+            "consumer name"
         )
 
     def read_position(self, consumer: str) -> Checkpoint | None:
@@ -467,6 +531,14 @@ def _wilson_sql(happy: Any, tweets: Any) -> Any:
     return (p + z * z / (2 * n) - z * sa.func.sqrt((p * (1 - p) + z * z / (4 * n)) / n)) / (
         1 + z * z / n
     )
+
+
+class _AlreadyCommitted(Exception):
+    """Unwinds (and rolls back) a write whose earlier attempt was committed."""
+
+
+def _utc_now() -> datetime:
+    return datetime.now(UTC).replace(tzinfo=None)
 
 
 def _dead_row(dead: DeadLetter) -> dict[str, Any]:
