@@ -284,3 +284,21 @@ def test_without_the_compiled_module_the_package_counts_the_same(tmp_path: Path)
     with Store(url=f"sqlite:///{tmp_path / 'pure.db'}") as pure:
         assert pure.counts() == expected
     assert len(expected) > 100
+
+
+def test_wrong_types_are_type_errors_not_crashes() -> None:
+    # The compiled classes read str internals directly: anything else must be refused first.
+    table = SessionTable(gap=10.0)
+    with pytest.raises(TypeError, match="author"):
+        table.admit(None, 1.0, ["x"], happy=False)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="hashtag key"):
+        table.admit("a", 1.0, [b"x"], happy=False)  # type: ignore[list-item]
+    with pytest.raises(TypeError):
+        table.admit("a", 1.0, [None], happy=False)  # type: ignore[list-item]
+    with pytest.raises(TypeError, match="post id"):
+        IdRing(4).add(None)  # type: ignore[arg-type]
+    with pytest.raises(TypeError):
+        IdRing(4).add(7)  # type: ignore[arg-type]
+    with pytest.raises(TypeError):
+        parse_x_time(None)  # type: ignore[arg-type]
+    assert table.admit("a", 2.0, ["x"], happy=False) == [("x", 1, 0)]  # still usable

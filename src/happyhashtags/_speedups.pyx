@@ -196,6 +196,8 @@ cdef class IdRing:
         """Remember `post_id`; False if it was already among the recent ids."""
         global _id_key
         cdef uint64_t key
+        if post_id is None:
+            raise TypeError("a post id must be a str, not None")
         if not _digits(post_id, &key):
             if _id_key is None:
                 from happyhashtags.aggregate import id_key as _id_key
@@ -260,7 +262,9 @@ cdef int _by_latest(const void* a, const void* b) noexcept nogil:
     return (x.pos > y.pos) - (x.pos < y.pos)
 
 
-cdef inline uint64_t _tag_entry(object key):
+cdef inline uint64_t _tag_entry(object key) except? 0:
+    if not isinstance(key, str):
+        raise TypeError(f"a hashtag key must be a str, not {type(key).__name__}")
     # 62 bits of the hashtag's hash; bit 1 set so an entry is never 0 (an empty slot); bit 0
     # says whether the hashtag was also in a happy post of the session.
     return (hh_str_hash(key) | 2) & ~(<uint64_t> 1)
@@ -472,7 +476,7 @@ cdef class SessionTable:
         self, dict cells, str author, double event_time, keys, bint happy
     ) except -1:
         """Record a post and add what counts of it to `cells` (None: record only)."""
-        cdef uint64_t a = hh_str_hash(author)
+        cdef uint64_t a
         cdef Py_ssize_t pos
         cdef Session* s
         cdef bint due = False
@@ -482,6 +486,9 @@ cdef class SessionTable:
         cdef int new, new_happy
         cdef Py_ssize_t added = 0
         cdef PyObject* old
+        if author is None:
+            raise TypeError("an author must be a str, not None")
+        a = hh_str_hash(author)
         if a == 0:
             a = 1
         pos = self._find(a)
@@ -724,9 +731,12 @@ def parse_x_time(str value):
     """Seconds since the epoch of a ``created_at`` as X writes it, ``2022-10-10T20:19:24.000Z``
     (also with no fraction or six digits of it), exactly as `formats.x.parse_v2_time` computes
     it; None for any other shape, which `parse_v2_time` then reads or refuses."""
-    cdef Py_ssize_t n = len(value)
+    cdef Py_ssize_t n
     cdef int year, month, day, hour, minute, second, micro = 0, limit
     cdef long long total
+    if value is None:
+        raise TypeError("a created_at must be a str, not None")
+    n = len(value)
     if n not in (20, 24, 27) or value[n - 1] != "Z":
         return None
     if value[4] != "-" or value[7] != "-" or value[10] != "T" or value[13] != ":":
