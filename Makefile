@@ -54,5 +54,6 @@ bench: setup  ## benchmarks (see docs/benchmarks.md)
 chaos: setup  ## long crash test of the queue: SIGKILL process, restart NATS and Postgres (CHAOS_ARGS=--messages N --kills K --seed S)
 	$(BIN)/python scripts/chaos.py $(CHAOS_ARGS)
 
-clean:  ## remove the venv, caches and the embedded database
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis happyhashtags.db*
+clean:  ## remove the venv, caches, the compiled module and the embedded database
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis happyhashtags.db* build
+	rm -f src/happyhashtags/_speedups.c src/happyhashtags/_speedups.*.so
