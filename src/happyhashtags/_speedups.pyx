@@ -9,7 +9,7 @@ twin otherwise.
 """
 
 from libc.stdint cimport int32_t, uint32_t, uint64_t
-from libc.stdlib cimport free, malloc, qsort, realloc
+from libc.stdlib cimport calloc, free, malloc, qsort, realloc
 from libc.string cimport memcpy, memset
 
 from array import array
@@ -67,6 +67,21 @@ cdef inline bint _digits(str post_id, uint64_t* out):
     return True
 
 
+cdef uint64_t* _zeroed_keys(size_t count) except NULL:
+    cdef uint64_t* keys = <uint64_t*> calloc(count, sizeof(uint64_t))
+    if keys == NULL:
+        raise MemoryError()
+    return keys
+
+
+cdef uint64_t* _resized_keys(uint64_t* keys, size_t count) except NULL:
+    # On failure `keys` stays valid (and the caller's pointer to it untouched).
+    cdef uint64_t* resized = <uint64_t*> realloc(keys, count * sizeof(uint64_t))
+    if resized == NULL:
+        raise MemoryError()
+    return resized
+
+
 cdef class IdRing:
     """The last `capacity` post ids, kept as 64-bit keys: the compiled `PyRecentIds`.
 
@@ -105,10 +120,7 @@ cdef class IdRing:
         cdef uint64_t* old = self._table
         cdef uint64_t old_size = self._mask + 1 if old != NULL else 0
         cdef uint64_t i
-        cdef uint64_t* table = <uint64_t*> malloc(size * sizeof(uint64_t))
-        if table == NULL:
-            raise MemoryError()
-        memset(table, 0, size * sizeof(uint64_t))
+        cdef uint64_t* table = _zeroed_keys(size)
         self._table = table
         self._mask = size - 1
         for i in range(old_size):
@@ -161,7 +173,6 @@ cdef class IdRing:
         self._table[i] = 0
 
     cdef bint _add_key(self, uint64_t key) except -1:
-        cdef uint64_t* ring
         cdef Py_ssize_t size
         if self._contains(key):
             return False
@@ -176,10 +187,8 @@ cdef class IdRing:
         else:
             if self._count == self._ring_size:
                 size = min(max(1024, self._ring_size * 2), self.capacity)
-                ring = <uint64_t*> realloc(self._ring, size * sizeof(uint64_t))
-                if ring == NULL:
-                    raise MemoryError()
-                self._ring, self._ring_size = ring, size
+                self._ring = _resized_keys(self._ring, size)
+                self._ring_size = size
             self._ring[self._count] = key
             self._count += 1
             if self._count == self.capacity:
@@ -298,11 +307,8 @@ cdef inline void _tag_put(uint64_t* table, uint32_t cap, uint64_t entry) noexcep
 
 
 cdef int _tag_rehash(Session* s, uint32_t cap) except -1:
-    cdef uint64_t* table = <uint64_t*> malloc(cap * sizeof(uint64_t))
+    cdef uint64_t* table = _zeroed_keys(cap)
     cdef uint32_t i
-    if table == NULL:
-        raise MemoryError()
-    memset(table, 0, cap * sizeof(uint64_t))
     if s.cap <= _LINEAR:
         for i in range(s.ntags):
             _tag_put(table, cap, s.tags[i])
@@ -318,22 +324,18 @@ cdef int _tag_rehash(Session* s, uint32_t cap) except -1:
 cdef int _tag_add(Session* s, uint64_t entry) except -1:
     """Add an entry that `_tag_find` did not find."""
     cdef uint32_t cap
-    cdef uint64_t* tags
     if s.cap <= _LINEAR:
-        if s.ntags < s.cap:
+        if s.ntags == s.cap:
+            if s.cap < _LINEAR:
+                cap = 2 if s.cap == 0 else s.cap * 2
+                s.tags = _resized_keys(s.tags, cap)
+                s.cap = cap
+            else:
+                _tag_rehash(s, 2 * _LINEAR)
+        if s.cap <= _LINEAR:
             s.tags[s.ntags] = entry
             s.ntags += 1
             return 0
-        if s.cap < _LINEAR:
-            cap = 2 if s.cap == 0 else s.cap * 2
-            tags = <uint64_t*> realloc(s.tags, cap * sizeof(uint64_t))
-            if tags == NULL:
-                raise MemoryError()
-            s.tags, s.cap = tags, cap
-            s.tags[s.ntags] = entry
-            s.ntags += 1
-            return 0
-        _tag_rehash(s, 2 * _LINEAR)
     elif (s.ntags + 1) * 4 > s.cap * 3:  # at most 3/4 full
         _tag_rehash(s, s.cap * 2)
     _tag_put(s.tags, s.cap, entry)
@@ -675,10 +677,7 @@ cdef class SessionTable:
             if w + 5 + k > end or w[2] > w[4] or (w[4] & (w[4] - 1)):
                 raise ValueError("a session table's state is inconsistent")
             if w[4]:
-                s.tags = <uint64_t*> malloc(w[4] * 8)
-                if s.tags == NULL:
-                    raise MemoryError()
-                memset(s.tags, 0, w[4] * 8)
+                s.tags = _zeroed_keys(w[4])
                 memcpy(s.tags, &w[5], k * 8)
             s.ntags, s.nhappy, s.cap = <uint32_t> w[2], <uint32_t> w[3], <uint32_t> w[4]
             w += 5 + k
