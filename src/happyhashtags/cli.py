@@ -70,6 +70,12 @@ def check_workers(settings: Settings) -> None:
         raise ConfigError("--limit counts posts in one process: use it with --workers 1")
 
 
+def counting_rules(settings: Settings) -> str:
+    """The counting settings in a few words, for the log: ``bucket 1h, sessions 30m``."""
+    sessions = format_duration(settings.session_gap) if settings.session_gap else "off"
+    return f"bucket {format_duration(settings.bucket)}, sessions {sessions}"
+
+
 def counter_from_settings(settings: Settings) -> PostCounter:
     """The counting rules the settings ask for."""
     return PostCounter(
@@ -254,11 +260,10 @@ def run(ctx: click.Context, /, auto_migrate: bool, top_n: int, **flags: Any) -> 
     source = open_source(settings)
     counter = counter_from_settings(settings)
     log.info(
-        "reading %s into %s (bucket %s, sessions %s)",
+        "reading %s into %s (%s)",
         source.name,
         database_url_for_display(store.url),
-        format_duration(settings.bucket),
-        format_duration(settings.session_gap) if settings.session_gap else "off",
+        counting_rules(settings),
     )
     total = min(filter(None, (source.total, settings.limit)), default=None)
     engine: LocalEngine | ParallelEngine

@@ -28,7 +28,12 @@ from multiprocessing.connection import Connection, wait
 from multiprocessing.process import BaseProcess
 from typing import TYPE_CHECKING, Any
 
-from happyhashtags.cli import counter_from_settings, setup_logging, stop_on_signals
+from happyhashtags.cli import (
+    counter_from_settings,
+    counting_rules,
+    setup_logging,
+    stop_on_signals,
+)
 from happyhashtags.engines.base import Share
 from happyhashtags.engines.local import RunSummary
 from happyhashtags.errors import ConfigError, HappyHashtagsError, StorageError
@@ -178,12 +183,11 @@ def consume(options: ConsumeOptions, share: Share | None = None) -> RunSummary |
         if not source.connect():
             return None
         log.info(
-            "counting %s into %s as consumer %s (bucket %s, sessions %s)",
+            "counting %s into %s as consumer %s (%s)",
             url.display,
             database_url_for_display(store.url),
             consumer,
-            format_duration(settings.bucket),
-            format_duration(settings.session_gap) if settings.session_gap else "off",
+            counting_rules(settings),
         )
         engine = LocalEngine(
             source=source,
