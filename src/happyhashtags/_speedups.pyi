@@ -1,5 +1,9 @@
 from array import array
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
+
+from happyhashtags.aggregate import PostCounter
+from happyhashtags.errors import DecodeError
+from happyhashtags.model import Post
 
 class IdRing:
     capacity: int
@@ -42,3 +46,7 @@ class SessionTable:
     def expire(self) -> int: ...
 
 def parse_x_time(value: str) -> float | None: ...
+def add_posts(counter: PostCounter, posts: Iterable[Post]) -> None: ...
+def count_x_lines(
+    counter: PostCounter, lines: Sequence[bytes], received_at: float
+) -> tuple[int, dict[str, int], list[tuple[int, DecodeError]]]: ...

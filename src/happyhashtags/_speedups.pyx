@@ -730,40 +730,307 @@ def parse_x_time(str value):
     """Seconds since the epoch of a ``created_at`` as X writes it, ``2022-10-10T20:19:24.000Z``
     (also with no fraction or six digits of it), exactly as `formats.x.parse_v2_time` computes
     it; None for any other shape, which `parse_v2_time` then reads or refuses."""
+    cdef double seconds
+    if value is None:
+        raise TypeError("a created_at must be a str, not None")
+    return seconds if _x_seconds(value, &seconds) else None
+
+
+cdef bint _x_seconds(str value, double* out) noexcept:
+    # parse_x_time's work: False for any shape it leaves to parse_v2_time.
     cdef Py_ssize_t n
     cdef int year, month, day, hour, minute, second, micro = 0, limit
     cdef long long total
-    if value is None:
-        raise TypeError("a created_at must be a str, not None")
     n = len(value)
     if n not in (20, 24, 27) or value[n - 1] != "Z":
-        return None
+        return False
     if value[4] != "-" or value[7] != "-" or value[10] != "T" or value[13] != ":":
-        return None
+        return False
     if value[16] != ":":
-        return None
+        return False
     year, month, day = _number(value, 0, 4), _number(value, 5, 2), _number(value, 8, 2)
     hour, minute, second = _number(value, 11, 2), _number(value, 14, 2), _number(value, 17, 2)
     if n > 20:
         if value[19] != ".":
-            return None
+            return False
         micro = _number(value, 20, n - 21)
         if micro < 0:
-            return None
+            return False
         if n == 24:
             micro *= 1000
     if year < 1 or month < 1 or month > 12 or day < 1 or hour < 0 or hour > 23:
-        return None
+        return False
     if minute < 0 or minute > 59 or second < 0 or second > 59:
-        return None
+        return False
     limit = _MONTH_DAYS[month]
     if month == 2 and year % 4 == 0 and (year % 100 != 0 or year % 400 == 0):
         limit = 29
     if day > limit:
-        return None
+        return False
     total = (_days_from_civil(year, month, day) * 86400 + hour * 3600 + minute * 60 + second)
     total = total * 1_000_000 + micro
     if total >= (1LL << 53) or total <= -(1LL << 53):
-        return None  # beyond exact doubles: let datetime round it
+        return False  # beyond exact doubles: let datetime round it
     # Microseconds over 10**6, as datetime.timestamp() divides (exact operands, one rounding).
-    return <double> total / 1e6
+    out[0] = <double> total / 1e6
+    return True
+
+
+# -- counting: PostCounter.add_many and X lines, decoded and counted in one pass ---------------
+
+from cpython.float cimport PyFloat_FromDouble
+from libc.math cimport copysign, floor, fmod, isfinite
+
+# Imported on first use (those modules import this one).
+cdef object _extract_hashtags = None
+cdef object _Post = None
+cdef object _x = None  # happyhashtags.formats.x
+cdef object _MsgspecError = None
+
+
+cdef int _bind() except -1:
+    global _extract_hashtags, _Post, _x, _MsgspecError
+    if _x is None:
+        import msgspec
+
+        from happyhashtags import model, text
+        from happyhashtags.formats import x
+
+        _extract_hashtags = text.extract_hashtags
+        _Post = model.Post
+        _MsgspecError = msgspec.MsgspecError
+        _x = x
+    return 0
+
+
+cdef double _floor_div(double vx, double wx) noexcept:
+    # Python's float // float (CPython's float_floor_div), so buckets match the twin's exactly.
+    cdef double mod = fmod(vx, wx)
+    cdef double div = (vx - mod) / wx
+    cdef double result
+    if mod:
+        if (wx < 0) != (mod < 0):
+            div -= 1.0
+    if div:
+        result = floor(div)
+        if div - result > 0.5:
+            result += 1.0
+        return result
+    return copysign(0.0, vx / wx)
+
+
+cdef class _Tally:
+    """One batch of `PostCounter.add_many`, as ``aggregate._py_add_many`` (its twin) runs it:
+    the counter's parts hoisted, and the batch's statistics added to it at `finish`."""
+
+    cdef object counter
+    cdef IdRing ids
+    cdef SessionTable sessions  # None: sessions off
+    cdef dict norm
+    cdef object normalize
+    cdef dict buckets
+    cdef tuple plain            # the happy markers, when all are plain substrings
+    cdef object matches         # else HappyMatcher.matches
+    cdef double bucket_seconds
+    cdef long long bucket_step
+    cdef bint count_retweets
+    cdef object last_bucket
+    cdef dict cells
+    cdef Py_ssize_t seen, duplicates, retweets, with_hashtags, happy_posts, counted
+
+    def __cinit__(self, counter):
+        _bind()
+        self.counter = counter
+        self.ids = counter._ids
+        self.sessions = counter._sessions
+        self.norm = counter._norm
+        self.normalize = counter._normalize
+        self.buckets = counter._buckets
+        self.plain = counter.happy.plain_markers
+        self.matches = counter.happy.matches
+        self.bucket_step = counter.bucket_seconds
+        self.bucket_seconds = <double> self.bucket_step
+        self.count_retweets = counter.count_retweets
+        self.last_bucket = None
+        self.cells = None
+
+    cdef list _keys(self, object tags):
+        cdef list keys = []
+        cdef PyObject* found
+        for tag in tags:
+            found = PyDict_GetItem(self.norm, tag)
+            key = <object> found if found != NULL else self.normalize(tag)
+            if len(keys) == 0 or key not in keys:
+                keys.append(key)
+        return keys
+
+    cdef bint _happy(self, str text) except -1:
+        if self.plain is None:
+            return self.matches(text)
+        for marker in self.plain:
+            if marker in text:
+                return True
+        return False
+
+    cdef object _bucket(self, double event_time):
+        cdef double start
+        if isfinite(event_time):
+            start = _floor_div(event_time, self.bucket_seconds)
+            if -4e18 < start * self.bucket_seconds < 4e18:
+                return <long long> start * self.bucket_step
+        # Out of range (or not finite): Python's arithmetic on Python objects, and its errors.
+        cdef object step = self.counter.bucket_seconds
+        return int(PyFloat_FromDouble(event_time) // step) * step
+
+    cdef int add(
+        self, object post_id, object author, double event_time, object text, object tags,
+        bint is_retweet,
+    ) except -1:
+        cdef bint happy
+        cdef long long add
+        cdef PyObject* old
+        cdef list keys
+        cdef dict cells
+        self.seen += 1
+        if post_id is not None and not self.ids.add(post_id):
+            self.duplicates += 1
+            return 0
+        if is_retweet and not self.count_retweets:
+            self.retweets += 1
+            return 0
+        if tags is None:
+            tags = _extract_hashtags(text)
+        if not tags:
+            if self.sessions is not None and author is not None:
+                # A post without hashtags still extends (or starts) its author's session.
+                self.sessions.admit_into(None, author, event_time, (), False)
+            return 0
+        self.with_hashtags += 1
+        keys = self._keys(tags)
+        happy = self._happy(text)
+        if happy:
+            self.happy_posts += 1
+        bucket = self._bucket(event_time)
+        if self.cells is None or bucket != self.last_bucket:
+            found = PyDict_GetItem(self.buckets, bucket)
+            if found == NULL:
+                self.cells = {}
+                self.buckets[bucket] = self.cells
+            else:
+                self.cells = <dict> found
+            self.last_bucket = bucket
+        cells = self.cells
+        if self.sessions is not None and author is not None:
+            if self.sessions.admit_into(cells, author, event_time, keys, happy):
+                self.counted += 1
+            return 0
+        add = _ONE_TWEET + happy
+        for key in keys:
+            old = PyDict_GetItem(cells, key)
+            if old == NULL:
+                cells[key] = add
+            else:
+                cells[key] = <object> old + add
+        self.counted += 1
+        return 0
+
+    cdef int finish(self) except -1:
+        stats = self.counter.stats
+        stats.posts += self.seen
+        stats.duplicates += self.duplicates
+        stats.retweets_skipped += self.retweets
+        stats.with_hashtags += self.with_hashtags
+        stats.happy += self.happy_posts
+        stats.counted += self.counted
+        return 0
+
+
+def add_posts(counter, posts):
+    """`PostCounter.add_many` compiled (its twin: ``aggregate._py_add_many``). The counter's
+    state must be the compiled classes."""
+    cdef _Tally tally = _Tally(counter)
+    try:
+        for post in posts:
+            tally.add(
+                post.id, post.author, post.event_time, post.text, post.hashtags, post.is_retweet
+            )
+    finally:
+        tally.finish()
+
+
+def count_x_lines(counter, lines, double received_at):
+    """``formats.x.py_count_x_lines`` compiled: decode X lines and count their posts in one
+    pass, without building a `Post` for the common shape (an original post, a reply or a quote
+    with an X-shaped ``created_at``); any other line goes through the Python decoder's rules.
+    Returns ``(posts, skipped reasons, [(line index, DecodeError), ...])``."""
+    cdef _Tally tally = _Tally(counter)
+    cdef Py_ssize_t index = -1, posts = 0
+    cdef dict skipped = {}
+    cdef list rejects = []
+    cdef double event_time
+    cdef double latest = received_at + _x.FUTURE_TOLERANCE
+    cdef list tags
+    decode = _x._decoder.decode
+    item_of = _x._item_of
+    DecodeError = _x.DecodeError
+    Post = _Post
+    try:
+        for line in lines:
+            index += 1
+            try:
+                message = decode(line)
+            except _MsgspecError:
+                message = None
+            if message is not None:
+                data = message.data
+                if data is not None and _plain_v2(data, &event_time, received_at):
+                    if event_time > latest:
+                        event_time = received_at
+                    entities = data.entities
+                    if entities is None:
+                        tags = None
+                    else:
+                        tags = []
+                        for hashtag in entities.hashtags:
+                            tag = hashtag.tag
+                            if not tag:
+                                tag = hashtag.text
+                            if tag:
+                                tags.append(tag)
+                    posts += 1
+                    tally.add(data.id, data.author_id, event_time, data.text, tags, False)
+                    continue
+            try:
+                item = item_of(message, line, received_at)
+            except DecodeError as exc:
+                rejects.append((index, exc))
+                continue
+            if type(item) is Post:
+                posts += 1
+                tally.add(
+                    item.id, item.author, item.event_time, item.text, item.hashtags,
+                    item.is_retweet,
+                )
+            else:
+                reason = item.reason
+                skipped[reason] = skipped.get(reason, 0) + 1
+    finally:
+        tally.finish()
+    return posts, skipped, rejects
+
+
+cdef bint _plain_v2(object tweet, double* event_time, double received_at) except -1:
+    # Whether `tweet` is counted as itself (not a retweet, no long note), with a created_at
+    # read here; anything else is left to formats.x.message_item.
+    refs = tweet.referenced_tweets
+    if refs:
+        for ref in refs:
+            if ref.type == "retweeted":
+                return False
+    if tweet.note_tweet is not None:
+        return False
+    created = tweet.created_at
+    if created is None:
+        event_time[0] = received_at
+        return True
+    return _x_seconds(created, event_time)

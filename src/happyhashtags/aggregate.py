@@ -107,6 +107,7 @@ if TYPE_CHECKING:
 else:
     try:
         from happyhashtags._speedups import IdRing as RecentIds
+        from happyhashtags._speedups import add_posts as _add_posts
     except ImportError:  # not built (no C compiler at install time): the same, slower
         RecentIds = PyRecentIds
 
@@ -249,71 +250,26 @@ class PostCounter:
         """Count one post."""
         self.add_many((post,))
 
+    @property
+    def compiled(self) -> bool:
+        """Whether this counter's state is the compiled classes, so that the compiled counting
+        loops (``_speedups.add_posts``, ``count_x_lines``) can run on it."""
+        return (
+            COMPILED
+            and self._ids.__class__ is RecentIds
+            and (self._sessions is None or self._sessions.__class__ is SessionTracker)
+        )
+
     def add_many(self, posts: Iterable[Post]) -> None:
-        """Count posts, in order: the engines' hot path (its lookups are hoisted per batch)."""
-        remember = self._ids.add
-        count_retweets = self.count_retweets
-        norm = self._norm
-        matches = self.happy.matches
-        bucket_seconds = self.bucket_seconds
-        buckets = self._buckets
-        admit = self._sessions.admit_into if self._sessions is not None else None
-        last_bucket: int | None = None
-        cells: Cells = {}
-        seen = duplicates = retweets = with_hashtags = happy_posts = counted = 0
-        try:
-            for post in posts:
-                seen += 1
-                post_id = post.id
-                # RecentIds.add is the one definition of "seen before": replay() uses it too,
-                # and a restarted consumer must recognise exactly what this remembered.
-                if post_id is not None and not remember(post_id):
-                    duplicates += 1
-                    continue
-                if post.is_retweet and not count_retweets:
-                    retweets += 1
-                    continue
-                tags: Sequence[str] | None = post.hashtags
-                if tags is None:
-                    tags = extract_hashtags(post.text)
-                author = post.author
-                if not tags:
-                    if admit is not None and author is not None:
-                        # A post without hashtags still extends (or starts) its author's session.
-                        admit(None, author, post.event_time, (), False)
-                    continue
-                with_hashtags += 1
-                if len(tags) == 1:
-                    key = norm.get(tags[0])
-                    keys: Sequence[str] = (key if key is not None else self._normalize(tags[0]),)
-                else:
-                    keys = self._keys(tags)
-                happy = matches(post.text)
-                if happy:
-                    happy_posts += 1
-                # Floor division, so times before the epoch fall in the bucket below, too.
-                bucket = int(post.event_time // bucket_seconds) * bucket_seconds
-                if bucket != last_bucket:
-                    found = buckets.get(bucket)
-                    if found is None:
-                        found = buckets[bucket] = {}
-                    cells, last_bucket = found, bucket
-                if admit is not None and author is not None:
-                    if admit(cells, author, post.event_time, keys, happy):
-                        counted += 1
-                    continue
-                add = ONE_TWEET + 1 if happy else ONE_TWEET
-                for key in keys:
-                    cells[key] = cells.get(key, 0) + add
-                counted += 1
-        finally:
-            stats = self.stats
-            stats.posts += seen
-            stats.duplicates += duplicates
-            stats.retweets_skipped += retweets
-            stats.with_hashtags += with_hashtags
-            stats.happy += happy_posts
-            stats.counted += counted
+        """Count posts, in order: the engines' hot path.
+
+        Compiled (``_speedups.add_posts``) where the state is; `_py_add_many`, its twin,
+        defines the behaviour.
+        """
+        if self.compiled:
+            _add_posts(self, posts)  # type: ignore[name-defined]  # defined where COMPILED
+        else:
+            _py_add_many(self, posts)
 
     def replay(self, post: Post) -> None:
         """Rebuild state from a post counted before (after a restart): remember its id and feed
@@ -344,3 +300,71 @@ class PostCounter:
             for key, cell in cells.items()
             if cell
         }
+
+
+def _py_add_many(counter: PostCounter, posts: Iterable[Post]) -> None:
+    """`PostCounter.add_many` in Python: the behaviour its compiled twin must match (its lookups
+    are hoisted per batch; this runs once per post)."""
+    remember = counter._ids.add
+    count_retweets = counter.count_retweets
+    norm = counter._norm
+    matches = counter.happy.matches
+    bucket_seconds = counter.bucket_seconds
+    buckets = counter._buckets
+    admit = counter._sessions.admit_into if counter._sessions is not None else None
+    last_bucket: int | None = None
+    cells: Cells = {}
+    seen = duplicates = retweets = with_hashtags = happy_posts = counted = 0
+    try:
+        for post in posts:
+            seen += 1
+            post_id = post.id
+            # RecentIds.add is the one definition of "seen before": replay() uses it too,
+            # and a restarted consumer must recognise exactly what this remembered.
+            if post_id is not None and not remember(post_id):
+                duplicates += 1
+                continue
+            if post.is_retweet and not count_retweets:
+                retweets += 1
+                continue
+            tags: Sequence[str] | None = post.hashtags
+            if tags is None:
+                tags = extract_hashtags(post.text)
+            author = post.author
+            if not tags:
+                if admit is not None and author is not None:
+                    # A post without hashtags still extends (or starts) its author's session.
+                    admit(None, author, post.event_time, (), False)
+                continue
+            with_hashtags += 1
+            if len(tags) == 1:
+                key = norm.get(tags[0])
+                keys: Sequence[str] = (key if key is not None else counter._normalize(tags[0]),)
+            else:
+                keys = counter._keys(tags)
+            happy = matches(post.text)
+            if happy:
+                happy_posts += 1
+            # Floor division, so times before the epoch fall in the bucket below, too.
+            bucket = int(post.event_time // bucket_seconds) * bucket_seconds
+            if bucket != last_bucket:
+                found = buckets.get(bucket)
+                if found is None:
+                    found = buckets[bucket] = {}
+                cells, last_bucket = found, bucket
+            if admit is not None and author is not None:
+                if admit(cells, author, post.event_time, keys, happy):
+                    counted += 1
+                continue
+            add = ONE_TWEET + 1 if happy else ONE_TWEET
+            for key in keys:
+                cells[key] = cells.get(key, 0) + add
+            counted += 1
+    finally:
+        stats = counter.stats
+        stats.posts += seen
+        stats.duplicates += duplicates
+        stats.retweets_skipped += retweets
+        stats.with_hashtags += with_hashtags
+        stats.happy += happy_posts
+        stats.counted += counted

@@ -49,7 +49,7 @@ class HappyMatcher:
     True
     """
 
-    __slots__ = ("_emoji", "_emoji_probes", "_substrings", "markers")
+    __slots__ = ("_emoji", "_emoji_probes", "_substrings", "markers", "plain_markers")
 
     def __init__(self, markers: Iterable[str] = DEFAULT_MARKERS) -> None:
         self.markers: tuple[str, ...] = tuple(markers)
@@ -68,6 +68,9 @@ class HappyMatcher:
         self._emoji = frozenset(emoji)
         # A cheap first test per emoji: its first code point must occur in the text.
         self._emoji_probes = tuple(sorted({e[0] for e in emoji}))
+        self.plain_markers: tuple[str, ...] | None = None if emoji else self._substrings
+        """The markers when every one matches as a plain substring (no emoji), else None: then
+        `matches` is `any(marker in text ...)`, which compiled callers test themselves."""
 
     def __reduce__(self) -> tuple[type[HappyMatcher], tuple[tuple[str, ...]]]:
         return (HappyMatcher, (self.markers,))

@@ -13,7 +13,7 @@ from typing import NamedTuple, TypeVar, cast
 from happyhashtags.aggregate import Counts, PostCounter
 from happyhashtags.engines.base import Share, StoppableEngine, fewer_collections
 from happyhashtags.errors import DecodeError, PositionConflict, StorageError
-from happyhashtags.formats import Decoder, get_decoder
+from happyhashtags.formats import Decoder, LineCounter, get_decoder, get_line_counter
 from happyhashtags.model import Checkpoint, DeadLetter, Post
 from happyhashtags.sources.base import Batch, Clock, Resumable, Source
 from happyhashtags.storage.store import Store
@@ -117,12 +117,14 @@ class LocalEngine(StoppableEngine):
         self.overlap_writes = overlap_writes
         self._writer: ThreadPoolExecutor | None = None
         self._pending: tuple[Future[bool], _WriteJob] | None = None
+        self._count_lines: LineCounter | None = None
         self.summary = RunSummary()
 
     def run(self) -> RunSummary:
         """Read the source to its end (or the limit, or a stop), flushing as configured."""
         summary = self.summary
         decode = get_decoder(self.source.format)
+        self._count_lines = get_line_counter(self.source.format)
         if self._resumable is not None:
             consumer = self._resumable.consumer
             # The database may be down at start too: the same patience as for writes.
@@ -171,6 +173,26 @@ class LocalEngine(StoppableEngine):
         summary = self.summary
         received_at = batch.received_at
         remaining = None if self.limit is None or batch.replay else self.limit - summary.posts
+        lines = batch.lines
+        count_lines = self._count_lines
+        if (
+            count_lines is not None
+            and self._owned is None
+            and not batch.replay
+            and (remaining is None or len(lines) <= remaining)
+        ):
+            # The format decodes and counts the whole batch in one call.
+            posts_read, skipped, rejects = count_lines(self.counter, lines, received_at)
+            for offset, exc in rejects:
+                self._reject(batch, offset, lines[offset], exc)
+            summary.skipped.update(skipped)
+            summary.lines += len(lines)
+            summary.posts += posts_read
+            if remaining is not None and posts_read >= remaining:
+                self._stopping.set()
+            if batch.cursors is not None and lines:
+                self._cursor = batch.cursors[len(lines) - 1]
+            return
         posts: list[Post] = []
         keep = posts.append
         owned = self._owned

@@ -7,15 +7,32 @@ decoder their messages need; `get_decoder` finds it by that name.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
 
-from happyhashtags.errors import ConfigError
+from happyhashtags.errors import ConfigError, DecodeError
 from happyhashtags.model import Post, Skipped
 
-__all__ = ["Decoder", "PartitionKey", "get_decoder", "get_partition_key", "register_decoder"]
+if TYPE_CHECKING:
+    from happyhashtags.aggregate import PostCounter
+
+__all__ = [
+    "Decoder",
+    "LineCounter",
+    "PartitionKey",
+    "get_decoder",
+    "get_line_counter",
+    "get_partition_key",
+    "register_decoder",
+]
 
 Decoder = Callable[[bytes, float], Post | Skipped]
+LineCounter = Callable[
+    ["PostCounter", Sequence[bytes], float],
+    tuple[int, dict[str, int], list[tuple[int, DecodeError]]],
+]
+"""Decodes lines and counts their posts in one call: ``(posts, {skip reason: lines},
+[(line index, error)])``, the same as decoding each line and counting the posts in order."""
 PartitionKey = Callable[[bytes], bytes]
 """Maps a raw message to the key that must keep it with its author's other messages."""
 
@@ -23,6 +40,12 @@ _DECODERS: dict[str, str] = {
     # name -> "module:function", imported on first use so optional formats cost nothing.
     "x": "happyhashtags.formats.x:decode_x",
     "bluesky": "happyhashtags.formats.bluesky:decode_bluesky",
+}
+
+
+_LINE_COUNTERS: dict[str, str] = {
+    # Formats whose lines can be decoded and counted in one call (faster than one decode each).
+    "x": "happyhashtags.formats.x:count_x_lines",
 }
 
 
@@ -45,6 +68,15 @@ def get_decoder(name: str) -> Decoder:
         raise ConfigError(f"unknown message format {name!r} (known: {known})") from None
     decoder: Decoder = _load(target)
     return decoder
+
+
+def get_line_counter(name: str) -> LineCounter | None:
+    """The line counter of format `name`, or None where it has none (decode line by line)."""
+    target = _LINE_COUNTERS.get(name)
+    if target is None:
+        return None
+    counter: LineCounter = _load(target)
+    return counter
 
 
 def get_partition_key(name: str) -> PartitionKey:

@@ -8,6 +8,7 @@ skipped by the decoder without building Python objects for it.
 from __future__ import annotations
 
 import calendar
+from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING
 
@@ -16,7 +17,18 @@ import msgspec
 from happyhashtags.errors import DecodeError
 from happyhashtags.model import Post, Skipped
 
-__all__ = ["FUTURE_TOLERANCE", "decode_x", "parse_v1_time", "parse_v2_time"]
+if TYPE_CHECKING:
+    from happyhashtags.aggregate import PostCounter
+
+__all__ = [
+    "FUTURE_TOLERANCE",
+    "LinesCounted",
+    "count_x_lines",
+    "decode_x",
+    "parse_v1_time",
+    "parse_v2_time",
+    "py_count_x_lines",
+]
 
 
 class _Hashtag(msgspec.Struct, gc=False):
@@ -245,6 +257,10 @@ def decode_x(line: bytes, received_at: float) -> Post | Skipped:
         raise DecodeError(reason, detail) from None
     except msgspec.DecodeError as exc:
         raise DecodeError("malformed_json", str(exc)) from None
+    return _message_item(message, received_at)
+
+
+def _message_item(message: _Envelope, received_at: float) -> Post | Skipped:
     if message.data is not None:
         return _v2_post(message, message.data, received_at)
     if message.id_str is not None or (message.id is not None and message.text is not None):
@@ -257,6 +273,63 @@ def decode_x(line: bytes, received_at: float) -> Post | Skipped:
     if message.disconnect:
         return Skipped("disconnect")
     raise DecodeError("unrecognized", "neither an X API v2 message nor a v1.1 status")
+
+
+def _item_of(message: _Envelope | None, line: bytes, received_at: float) -> Post | Skipped:
+    """`decode_x` for a line whose `message` the compiled `count_x_lines` decoded already (None:
+    the decoder refused the line, and `decode_x` says why)."""
+    if message is None:
+        return decode_x(line, received_at)
+    return _message_item(message, received_at)
+
+
+LinesCounted = tuple[int, dict[str, int], list[tuple[int, DecodeError]]]
+"""What counting a batch of lines did: ``(posts, {skip reason: lines}, [(line index, error)])``."""
+
+
+def py_count_x_lines(
+    counter: PostCounter, lines: Iterable[bytes], received_at: float
+) -> LinesCounted:
+    """Decode each line with `decode_x` and count its posts with `counter.add_many`.
+
+    This pure-Python function defines the behaviour of `count_x_lines`, whose compiled twin
+    (``_speedups.count_x_lines``) does both in one pass where the counter's state is compiled.
+    """
+    posts: list[Post] = []
+    skipped: dict[str, int] = {}
+    rejects: list[tuple[int, DecodeError]] = []
+    for index, line in enumerate(lines):
+        try:
+            item = decode_x(line, received_at)
+        except DecodeError as exc:
+            rejects.append((index, exc))
+            continue
+        if isinstance(item, Post):
+            posts.append(item)
+        else:
+            skipped[item.reason] = skipped.get(item.reason, 0) + 1
+    counter.add_many(posts)
+    return len(posts), skipped, rejects
+
+
+if TYPE_CHECKING:
+    _count_x_lines = py_count_x_lines
+else:
+    try:
+        from happyhashtags._speedups import count_x_lines as _count_x_lines
+    except ImportError:
+        _count_x_lines = py_count_x_lines
+
+
+def count_x_lines(counter: PostCounter, lines: Sequence[bytes], received_at: float) -> LinesCounted:
+    """Decode X lines and count their posts: what `py_count_x_lines` does, compiled where the
+    counter's state is (`PostCounter.compiled`), which saves building a `Post` per line. A
+    subclass that overrides `add_many` gets its posts through it, as with `py_count_x_lines`."""
+    from happyhashtags.aggregate import PostCounter
+
+    if counter.compiled and counter.__class__.add_many is PostCounter.add_many:
+        return _count_x_lines(counter, lines, received_at)
+    return py_count_x_lines(counter, lines, received_at)
 
 
 class _V2AuthorProbe(msgspec.Struct, gc=False):

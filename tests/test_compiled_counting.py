@@ -1,0 +1,215 @@
+"""The compiled counting loops against their pure-Python twins.
+
+``_speedups.add_posts`` must count posts exactly as ``aggregate._py_add_many`` does, and
+``_speedups.count_x_lines`` must decode and count X lines exactly as ``formats.x.py_count_x_lines``
+(`decode_x` per line, then `PostCounter.add_many`) does: the same counts, statistics, skip
+reasons, rejected lines and counter state, on the same inputs.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import pickle
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from happyhashtags import aggregate
+from happyhashtags.aggregate import COMPILED, PostCounter
+from happyhashtags.formats.x import count_x_lines, py_count_x_lines
+from happyhashtags.happy import HappyMatcher
+from happyhashtags.model import Post
+from services import IN_CI
+
+if COMPILED:
+    from happyhashtags._speedups import add_posts
+    from happyhashtags._speedups import count_x_lines as compiled_count_x_lines
+elif IN_CI:
+    pytest.fail("happyhashtags._speedups is not built", pytrace=False)
+else:
+    pytest.skip("happyhashtags._speedups is not built", allow_module_level=True)
+
+_TAGS = st.sampled_from(["cats", "Cats", "CATS", "dogs", "ÜBER", "über", "x\x00y", "ﬁsh", "a"])
+_TEXTS = st.sampled_from(
+    ["", "plain", "so :) good", "#cats and #Dogs", "👍🏽 #cats", "#ü :)", "a#b", "＃wide 😀", "☺️"]
+)
+_TIMES = st.one_of(
+    st.integers(min_value=-50, max_value=400).map(lambda t: t * 9.5),
+    st.sampled_from([-0.5, -1e-300, 0.0, 3599.9999999999995, 3600.0, 1e15, -7.2e18, 9.3e18]),
+)
+_POSTS = st.builds(
+    Post,
+    id=st.one_of(st.none(), st.sampled_from(["1", "2", "3", "42", "x", "00", "9" * 20])),
+    author=st.one_of(st.none(), st.sampled_from(["a", "b", "c", "é"])),
+    event_time=_TIMES,
+    text=_TEXTS,
+    hashtags=st.one_of(st.none(), st.lists(_TAGS, max_size=4).map(tuple)),
+    is_retweet=st.booleans(),
+)
+_COUNTERS = st.fixed_dictionaries(
+    {
+        "bucket_seconds": st.sampled_from([1, 60, 3600]),
+        "session_gap": st.sampled_from([0.0, 5.0, 1800.0]),
+        "count_retweets": st.booleans(),
+        "dedupe_capacity": st.sampled_from([0, 3, 1000]),
+        "allowed_lateness": st.sampled_from([0.0, 100.0]),
+        "max_sessions": st.sampled_from([2, 1000]),
+        "max_session_keys": st.sampled_from([3, 1000]),
+        "happy": st.sampled_from([None, HappyMatcher([":)", "good"]), HappyMatcher(["👍", ":)"])]),
+    }
+)
+
+
+def _state(counter: PostCounter) -> tuple[object, ...]:
+    sessions = counter.sessions
+    return (
+        counter.drain(),
+        counter.stats,
+        list(counter._ids.keys()),
+        pickle.dumps(sessions) if sessions is not None else None,
+    )
+
+
+@settings(max_examples=300, deadline=None)
+@given(options=_COUNTERS, batches=st.lists(st.lists(_POSTS, max_size=12), max_size=5))
+def test_add_posts_counts_as_the_python_loop(
+    options: dict[str, object], batches: list[list[Post]]
+) -> None:
+    compiled, python = PostCounter(**options), PostCounter(**options)  # type: ignore[arg-type]
+    assert compiled.compiled
+    for batch in batches:
+        add_posts(compiled, batch)
+        aggregate._py_add_many(python, batch)
+        assert compiled.pending == python.pending
+    assert _state(compiled) == _state(python)
+
+
+@pytest.mark.parametrize("when", [math.nan, math.inf, -math.inf])
+def test_times_that_make_no_bucket_fail_alike(when: float) -> None:
+    posts = [Post("1", "a", 10.0, "#x"), Post("2", "a", when, "#y :)")]
+    compiled, python = PostCounter(), PostCounter()
+    with pytest.raises((ValueError, OverflowError)) as raised:
+        add_posts(compiled, posts)
+    with pytest.raises(type(raised.value)):
+        aggregate._py_add_many(python, posts)
+    assert compiled.stats == python.stats
+    assert compiled.drain() == python.drain()
+
+
+def test_add_many_uses_the_compiled_loop_only_on_compiled_state() -> None:
+    counter = PostCounter()
+    assert counter.compiled
+    counter._ids = aggregate.PyRecentIds(10)
+    assert not counter.compiled
+    counter.add_many([Post("1", "a", 0.0, "#x")])  # the Python loop takes any state
+    assert counter.drain() == {(0, "x"): [1, 0]}
+
+
+# -- X lines ---------------------------------------------------------------------------------
+
+_RECEIVED = 1_700_000_000.0
+_CREATED = st.one_of(
+    st.none(),
+    st.sampled_from(
+        [
+            "2023-11-14T22:13:20.000Z",
+            "2023-11-14T22:13:20Z",
+            "2023-11-14T22:13:20.123456Z",
+            "2023-11-14T23:13:20+01:00",  # not X's shape: parse_v2_time reads it
+            "2023-11-14T22:13:20",
+            "2023-11-14T22:20:00.000Z",  # 400 s after the read time: clamped to it
+            "2099-01-01T00:00:00.000Z",
+            "2023-02-30T00:00:00.000Z",  # impossible: bad_time
+            "yesterday",
+        ]
+    ),
+)
+_HASHTAGS = st.lists(
+    st.fixed_dictionaries(
+        {}, optional={"tag": st.sampled_from(["cats", "", "Dogs"]), "text": st.just("v1tag")}
+    ),
+    max_size=3,
+)
+_ENTITIES = st.one_of(st.none(), st.builds(lambda h: {"hashtags": h}, _HASHTAGS), st.just({}))
+
+
+@st.composite
+def _v2_message(draw: st.DrawFn) -> dict[str, object]:
+    tweet: dict[str, object] = {
+        "id": draw(st.sampled_from(["1", "2", "3", "77"])),
+        "text": draw(_TEXTS),
+        "author_id": draw(st.sampled_from(["10", "11", "12"])),
+    }
+    created = draw(_CREATED)
+    if created is not None:
+        tweet["created_at"] = created
+    entities = draw(_ENTITIES)
+    if entities is not None:
+        tweet["entities"] = entities
+    message: dict[str, object] = {"data": tweet}
+    kind = draw(st.sampled_from(["plain", "reply", "retweet", "note", "empty-note", "no-id"]))
+    if kind == "reply":
+        tweet["referenced_tweets"] = [{"type": "replied_to", "id": "5"}, {"type": "quoted"}]
+    elif kind == "retweet":
+        tweet["referenced_tweets"] = [{"type": "retweeted", "id": "5"}]
+        original = {"id": "5", "text": "#orig :)", "entities": {"hashtags": [{"tag": "orig"}]}}
+        message["includes"] = {"tweets": draw(st.sampled_from([[original], [], [{"id": "6"}]]))}
+    elif kind == "note":
+        tweet["note_tweet"] = {"text": "long #note :)", "entities": {"hashtags": [{"tag": "note"}]}}
+    elif kind == "empty-note":
+        tweet["note_tweet"] = {"text": ""}
+    elif kind == "no-id":
+        del tweet["id"]
+    return message
+
+
+_LINES = st.one_of(
+    _v2_message().map(lambda m: json.dumps(m).encode()),
+    st.sampled_from(
+        [
+            b"",
+            b"   ",
+            b"{",
+            b"[]",
+            b'{"data": 5}',
+            b"{}",
+            b'{"errors": [{"title": "x"}]}',
+            b'{"delete": {"status": {"id": 1}}}',
+            b'{"limit": {"track": 3}}',
+            b'{"id_str": "9", "text": "v1 #One :)", "user": {"id_str": "10"},'
+            b' "created_at": "Tue Nov 14 22:13:20 +0000 2023",'
+            b' "entities": {"hashtags": [{"text": "One"}]}}',
+            b'{"id_str": "9", "text": "v1", "created_at": "Nope"}',
+            b'{"data": {"id": "8", "text": "#t", "created_at": 7}}',
+        ]
+    ),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    options=_COUNTERS,
+    batches=st.lists(st.lists(_LINES, max_size=10), max_size=4),
+)
+def test_count_x_lines_counts_as_decode_x_and_add_many(
+    options: dict[str, object], batches: list[list[bytes]]
+) -> None:
+    compiled, python = PostCounter(**options), PostCounter(**options)  # type: ignore[arg-type]
+    for lines in batches:
+        posts, skipped, rejects = compiled_count_x_lines(compiled, lines, _RECEIVED)
+        expected = py_count_x_lines(python, lines, _RECEIVED)
+        assert (posts, skipped) == expected[:2]
+        assert [(i, e.reason, e.detail) for i, e in rejects] == [
+            (i, e.reason, e.detail) for i, e in expected[2]
+        ]
+    assert _state(compiled) == _state(python)
+
+
+def test_count_x_lines_takes_the_compiled_path_only_on_compiled_state() -> None:
+    line = json.dumps({"data": {"id": "1", "text": "#a", "author_id": "2"}}).encode()
+    counter = PostCounter()
+    counter._ids = aggregate.PyRecentIds(10)
+    assert count_x_lines(counter, [line, b"{"], _RECEIVED)[0] == 1
+    assert counter.drain() == {(int(_RECEIVED // 3600) * 3600, "a"): [1, 0]}
