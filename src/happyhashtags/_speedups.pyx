@@ -834,8 +834,9 @@ cdef class _Tally:
     cdef double bucket_seconds
     cdef long long bucket_step
     cdef bint count_retweets
-    cdef object last_bucket
-    cdef dict cells
+    cdef long long last_bucket
+    cdef dict cells             # of bucket `last_bucket`, or None
+    cdef list keybuf            # a post's keys (reused: nothing keeps it)
     cdef Py_ssize_t seen, duplicates, retweets, with_hashtags, happy_posts, counted
 
     def __cinit__(self, counter):
@@ -851,12 +852,13 @@ cdef class _Tally:
         self.bucket_step = counter.bucket_seconds
         self.bucket_seconds = <double> self.bucket_step
         self.count_retweets = counter.count_retweets
-        self.last_bucket = None
         self.cells = None
+        self.keybuf = []
 
     cdef list _keys(self, object tags):
-        cdef list keys = []
+        cdef list keys = self.keybuf
         cdef PyObject* found
+        del keys[:]
         for tag in tags:
             found = PyDict_GetItem(self.norm, tag)
             key = <object> found if found != NULL else self.normalize(tag)
@@ -872,15 +874,32 @@ cdef class _Tally:
                 return True
         return False
 
-    cdef object _bucket(self, double event_time):
+    cdef dict _cells(self, double event_time):
+        # The cells of the post's bucket: floor division, so times before the epoch fall in the
+        # bucket below, too.
         cdef double start
+        cdef long long bucket
         if isfinite(event_time):
             start = _floor_div(event_time, self.bucket_seconds)
             if -4e18 < start * self.bucket_seconds < 4e18:
-                return <long long> start * self.bucket_step
+                bucket = <long long> start * self.bucket_step
+                if self.cells is not None and bucket == self.last_bucket:
+                    return self.cells
+                self.cells = self._bucket_cells(bucket)
+                self.last_bucket = bucket
+                return self.cells
         # Out of range (or not finite): Python's arithmetic on Python objects, and its errors.
         cdef object step = self.counter.bucket_seconds
-        return int(PyFloat_FromDouble(event_time) // step) * step
+        self.cells = None
+        return self._bucket_cells(int(PyFloat_FromDouble(event_time) // step) * step)
+
+    cdef dict _bucket_cells(self, object bucket):
+        cdef PyObject* found = PyDict_GetItem(self.buckets, bucket)
+        if found != NULL:
+            return <dict> found
+        cells = {}
+        self.buckets[bucket] = cells
+        return cells
 
     cdef int add(
         self, object post_id, object author, double event_time, object text, object tags,
@@ -898,7 +917,7 @@ cdef class _Tally:
         if is_retweet and not self.count_retweets:
             self.retweets += 1
             return 0
-        if tags is None:
+        if tags is None and ("#" in text or "＃" in text):  # else extract_hashtags finds none
             tags = _extract_hashtags(text)
         if not tags:
             if self.sessions is not None and author is not None:
@@ -910,16 +929,7 @@ cdef class _Tally:
         happy = self._happy(text)
         if happy:
             self.happy_posts += 1
-        bucket = self._bucket(event_time)
-        if self.cells is None or bucket != self.last_bucket:
-            found = PyDict_GetItem(self.buckets, bucket)
-            if found == NULL:
-                self.cells = {}
-                self.buckets[bucket] = self.cells
-            else:
-                self.cells = <dict> found
-            self.last_bucket = bucket
-        cells = self.cells
+        cells = self._cells(event_time)
         if self.sessions is not None and author is not None:
             if self.sessions.admit_into(cells, author, event_time, keys, happy):
                 self.counted += 1
@@ -970,6 +980,7 @@ def count_x_lines(counter, lines, double received_at):
     cdef double event_time
     cdef double latest = received_at + _x.FUTURE_TOLERANCE
     cdef list tags
+    cdef list tagbuf = []
     decode = _x._decoder.decode
     item_of = _x._item_of
     DecodeError = _x.DecodeError
@@ -990,7 +1001,8 @@ def count_x_lines(counter, lines, double received_at):
                     if entities is None:
                         tags = None
                     else:
-                        tags = []
+                        tags = tagbuf  # reused: counting does not keep it
+                        del tags[:]
                         for hashtag in entities.hashtags:
                             tag = hashtag.tag
                             if not tag:
