@@ -13,12 +13,14 @@ from pathlib import Path
 
 import pytest
 import zstandard
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from happyhashtags.config import load_settings
 from happyhashtags.errors import SourceError
 from happyhashtags.sources import FileSource, StdinSource, open_source
 from happyhashtags.sources.base import Batch
-from happyhashtags.sources.files import expand_paths
+from happyhashtags.sources.files import _read_lines, expand_paths
 
 LINES = [b'{"data": {"id": "%d", "text": "#t%d"}}' % (i, i) for i in range(10)]
 BODY = b"\n".join(LINES) + b"\n"
@@ -198,3 +200,32 @@ def test_a_long_line_arriving_in_many_pieces_is_one_line() -> None:
     with os.fdopen(read_fd, "rb") as reader:
         assert _read(StdinSource(stream=reader)) == [line, b"next"]
     writer.join(10)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    text=st.lists(st.sampled_from([b"a", b"bb", b"\n", b"\r\n", b"\r", b"x" * 7]), max_size=40).map(
+        b"".join
+    ),
+    sizes=st.lists(st.integers(min_value=1, max_value=9), min_size=1, max_size=8),
+    fill=st.booleans(),
+    chunk_size=st.integers(min_value=1, max_value=12),
+)
+def test_lines_are_the_same_however_the_reads_cut_them(
+    text: bytes, sizes: list[int], fill: bool, chunk_size: int
+) -> None:
+    # Reads of any sizes (cycled), filled up to the chunk size or not: the same lines as
+    # splitting the whole text, with CRLF endings and a last line without a newline.
+    stream = io.BytesIO(text)
+    cycle = iter(sizes * (len(text) + 1))
+
+    def read(_size: int) -> bytes:
+        return stream.read(next(cycle))
+
+    batches = _read_lines(read, "t", lambda: 0.0, [False], chunk_size=chunk_size, fill=fill)
+    expected = text.split(b"\n")
+    if not expected[-1]:
+        expected.pop()
+    assert [line for batch in batches for line in batch.lines] == [
+        line.removesuffix(b"\r") for line in expected
+    ]

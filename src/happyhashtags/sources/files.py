@@ -135,13 +135,22 @@ def _read_lines(
                 continue
         elif not pieces:
             break
-        data = b"".join(pieces)
-        *lines, tail = data.split(b"\n")
+        if piece and (len(pieces) == 1 or (len(pieces) == 2 and b"\n" not in pieces[0])):
+            # The usual case: one read, after the unfinished line of the one before. Split the
+            # read itself: joining first copied every chunk into a new one, about 0.2 us a line.
+            *lines, tail = piece.split(b"\n")  # lines is not empty: the piece holds a newline
+            if len(pieces) == 2:
+                lines[0] = pieces[0] + lines[0]
+            crlf = b"\r" in piece or b"\r" in pieces[0]
+        else:
+            data = b"".join(pieces)
+            *lines, tail = data.split(b"\n")
+            crlf = b"\r" in data
         pieces, size = ([tail], len(tail)) if tail else ([], 0)
         if not piece and tail:  # the end: a last line without a newline
             lines.append(tail)
             pieces = []
-        if b"\r" in data:
+        if crlf:
             # Batches carry lines without terminators (the Batch contract): CRLF files too.
             lines = [line.removesuffix(b"\r") for line in lines]
         if lines:
