@@ -1,9 +1,10 @@
-"""The compiled counting loops against their pure-Python twins.
+"""The compiled counting loops and X partition keys against their pure-Python twins.
 
 ``_speedups.add_posts`` must count posts exactly as ``aggregate._py_add_many`` does, and
 ``_speedups.count_x_lines`` must decode and count X lines exactly as ``formats.x.py_count_x_lines``
 (`decode_x` per line, then `PostCounter.add_many`) does: the same counts, statistics, skip
-reasons, rejected lines and counter state, on the same inputs.
+reasons, rejected lines and counter state, on the same inputs. ``_speedups.x_author_key`` must
+find the partition key that decoding finds, or decline.
 """
 
 from __future__ import annotations
@@ -12,19 +13,21 @@ import json
 import math
 import pickle
 
+import msgspec
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from happyhashtags import aggregate
 from happyhashtags.aggregate import COMPILED, PostCounter
+from happyhashtags.formats import x
 from happyhashtags.formats.x import count_x_lines, py_count_x_lines
 from happyhashtags.happy import HappyMatcher
 from happyhashtags.model import Post
 from services import IN_CI
 
 if COMPILED:
-    from happyhashtags._speedups import add_posts
+    from happyhashtags._speedups import add_posts, x_author_key
     from happyhashtags._speedups import count_x_lines as compiled_count_x_lines
 elif IN_CI:
     pytest.fail("happyhashtags._speedups is not built", pytrace=False)
@@ -213,3 +216,77 @@ def test_count_x_lines_takes_the_compiled_path_only_on_compiled_state() -> None:
     counter._ids = aggregate.PyRecentIds(10)
     assert count_x_lines(counter, [line, b"{"], _RECEIVED)[0] == 1
     assert counter.drain() == {(int(_RECEIVED // 3600) * 3600, "a"): [1, 0]}
+
+
+# -- X partition keys --------------------------------------------------------------------------
+
+_AUTHORS = st.sampled_from(["10", "é1", 'a"b', "a\\b", "", "\u2028"])
+
+
+@st.composite
+def _keyed_line(draw: st.DrawFn) -> bytes:
+    message = draw(_v2_message())
+    data = message["data"]
+    assert isinstance(data, dict)
+    if draw(st.booleans()):
+        data["author_id"] = draw(_AUTHORS)
+    if draw(st.booleans()):
+        data["entities"] = {"author_id": "nested", "x": [{"author_id": "deeper"}]}
+    if draw(st.booleans()):
+        message["includes"] = {"tweets": [{"id": "5", "author_id": "other"}], "users": [{}]}
+    shape = draw(st.sampled_from(["as is", "no data", "data null", "data str", "v1"]))
+    if shape == "no data":
+        del message["data"]
+    elif shape == "data null":
+        message["data"] = None
+    elif shape == "data str":
+        message["data"] = "x"
+    elif shape == "v1":
+        message["user"] = {"id_str": draw(_AUTHORS)}
+        message["id_str"] = "9"
+    separators = draw(st.sampled_from([(",", ":"), (", ", ": "), (" ,\t", " :\r\n ")]))
+    text = json.dumps(message, ensure_ascii=draw(st.booleans()), separators=separators)
+    tail = draw(
+        st.sampled_from(
+            ["", " ", ',"data":{"author_id":"dup"}', ',"\\u0064ata":{"id":"1"}', "x", "}", "]"]
+        )
+    )
+    if draw(st.booleans()):  # a key spelled with an escape: the same key to a decoder
+        text = text.replace('"author_id"', '"author\\u005fid"', 1)
+    if tail.startswith(","):
+        text = text[:-1] + tail + "}"
+    else:
+        text += tail
+    line = text.encode()
+    cut = draw(st.one_of(st.none(), st.integers(min_value=0, max_value=len(line))))
+    return line if cut is None else line[:cut]
+
+
+def _decodes(line: bytes) -> bool:
+    try:
+        x._probe.decode(line)
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        return False
+    return True
+
+
+@settings(max_examples=1500, deadline=None)
+@given(line=_keyed_line())
+def test_the_author_key_scan_agrees_with_the_decoding_probe(line: bytes) -> None:
+    # Where the line decodes, the scan either finds what the decoder finds or declines (None);
+    # a line that does not decode is a dead letter in any worker, so its key does not matter.
+    scanned = x_author_key(line)
+    assert scanned is None or isinstance(scanned, bytes)
+    if _decodes(line):
+        expected = x._probe_key(line)
+        assert scanned in (None, expected)
+        assert x.partition_key_x(line) == expected
+
+
+def test_the_author_key_scan_reads_the_usual_message() -> None:
+    line = json.dumps(
+        {"data": {"id": "1", "text": "t", "author_id": "42"}, "includes": {"users": [{}]}}
+    ).encode()
+    assert x_author_key(line) == b"42"
+    assert x_author_key(line.replace(b'"author_id": "42"', b'"authorx": "42"')) == b"1"
+    assert x_author_key(b'{"data": {"id": "1"}, "data": null}') is None

@@ -10,7 +10,7 @@ twin otherwise.
 
 from libc.stdint cimport int32_t, uint32_t, uint64_t
 from libc.stdlib cimport calloc, free, malloc, qsort, realloc
-from libc.string cimport memcpy, memset
+from libc.string cimport memchr, memcmp, memcpy, memset
 
 from array import array
 
@@ -1046,3 +1046,130 @@ cdef bint _plain_v2(object tweet, double* event_time, double received_at) except
         event_time[0] = received_at
         return True
     return _x_seconds(created, event_time)
+
+
+# -- X partition keys ------------------------------------------------------------------------
+
+cdef enum:
+    _MAX_DEPTH = 48
+    _K_OTHER = 0
+    _K_DATA = 1     # "data" at the top level
+    _K_AUTHOR = 2   # "author_id" in the data object
+    _K_ID = 3       # "id" in the data object
+
+
+cdef inline bint _is(const unsigned char* p, Py_ssize_t n, const char* word, Py_ssize_t size) noexcept:
+    return n == size and memcmp(p, word, size) == 0
+
+
+def x_author_key(bytes line):
+    """``data.author_id`` (else ``data.id``) of an X API v2 message, read from the JSON text
+    without decoding it: what ``formats.x.partition_key_x`` returns for the line, or None
+    where this scan cannot be sure (not a v2 message, an escape in a key or in the value,
+    deep nesting, broken JSON), and the decoder must read it."""
+    cdef const unsigned char* p = line
+    cdef Py_ssize_t n = len(line), i = 0, j, k, start
+    cdef const unsigned char* found
+    cdef int depth = 0, key = _K_OTHER
+    cdef unsigned char[_MAX_DEPTH] is_object
+    cdef bint expect_key = False, in_data = False, data_object = False, closed = False
+    cdef Py_ssize_t author_at = -1, author_end = -1, id_at = -1, id_end = -1
+    cdef unsigned char c
+    while i < n:
+        c = p[i]
+        if c == 32 or c == 9 or c == 10 or c == 13:
+            i += 1
+            continue
+        if closed:
+            return None  # something after the top-level object
+        if c == 34:  # a string: a key or a value
+            start = j = i + 1
+            while True:  # to the closing quote: one not escaped by an odd run of backslashes
+                found = <const unsigned char*> memchr(p + j, 34, n - j)
+                if found == NULL:
+                    return None
+                j = found - p
+                k = j
+                while k > start and p[k - 1] == 92:
+                    k -= 1
+                if (j - k) % 2 == 0:
+                    break
+                j += 1
+            if expect_key:
+                if depth <= 2 and memchr(p + start, 92, j - start) != NULL:
+                    return None  # "\u0064ata" is "data" to a decoder
+                if depth == 1:
+                    key = _K_DATA if _is(p + start, j - start, "data", 4) else _K_OTHER
+                elif depth == 2 and in_data:
+                    if _is(p + start, j - start, "author_id", 9):
+                        key = _K_AUTHOR
+                    elif _is(p + start, j - start, "id", 2):
+                        key = _K_ID
+                    else:
+                        key = _K_OTHER
+                else:
+                    key = _K_OTHER
+                expect_key = False
+            else:
+                if depth == 1 and key == _K_DATA:
+                    return None  # data that is not an object
+                if key == _K_AUTHOR or key == _K_ID:
+                    if memchr(p + start, 92, j - start) != NULL:
+                        return None
+                    if key == _K_AUTHOR:
+                        author_at, author_end = start, j
+                    else:
+                        id_at, id_end = start, j
+                key = _K_OTHER
+            i = j + 1
+            continue
+        if c == 123 or c == 91:  # { or [
+            if depth >= _MAX_DEPTH:
+                return None
+            if depth == 0 and c != 123:
+                return None
+            if depth == 1 and key == _K_DATA:
+                if c != 123:
+                    return None
+                # The last "data" key wins, as in the decoder.
+                in_data = data_object = True
+                author_at = author_end = id_at = id_end = -1
+            elif depth == 2 and in_data and key != _K_OTHER:
+                return None  # an author_id or id that is not a string
+            is_object[depth] = c == 123
+            depth += 1
+            expect_key = c == 123
+            key = _K_OTHER
+        elif c == 125 or c == 93:  # } or ]
+            if depth == 0 or is_object[depth - 1] != (c == 125):
+                return None
+            depth -= 1
+            if depth == 1:
+                in_data = False
+            elif depth == 0:
+                closed = True
+            expect_key = False
+        elif c == 44:  # ,
+            if depth == 0:
+                return None
+            expect_key = is_object[depth - 1]
+            key = _K_OTHER
+        elif c == 58:  # :
+            if depth == 0:
+                return None
+        else:  # a number or a literal
+            if depth == 0:
+                return None
+            if depth == 1 and key == _K_DATA:
+                return None  # data: null (or worse): the decoder decides
+            if depth == 2 and in_data and key != _K_OTHER:
+                return None
+            key = _K_OTHER
+        i += 1
+    if not closed or not data_object:
+        return None
+    if author_end > author_at:
+        return line[author_at:author_end]
+    if id_end > id_at:
+        return line[id_at:id_end]
+    return None
