@@ -102,6 +102,25 @@ def decode_post(spec: Spec) -> dict[str, Any]:
     return _decode_loop(Path(spec["file"]), lambda line: decode_x(line, received_at))
 
 
+def count_lines(spec: Spec) -> dict[str, Any]:
+    """The engine's inner loop without I/O: `count_x_lines` decoding and counting each chunk
+    into one `PostCounter` with the CLI's defaults (sessions on), nothing written."""
+    from happyhashtags.formats.x import count_x_lines
+
+    counter = PostCounter()
+    received_at = time.time()
+    seconds = 0.0
+    posts = 0
+    clock = time.perf_counter
+    for chunk in _chunks(Path(spec["file"])):
+        chunk = [line.rstrip(b"\n") for line in chunk]  # as sources hand lines over
+        started = clock()
+        counted, _, _ = count_x_lines(counter, chunk, received_at)
+        seconds += clock() - started
+        posts += counted
+    return {"posts": posts, "seconds": seconds, "compiled": counter.compiled}
+
+
 # -- end to end into Postgres ----------------------------------------------------------------------
 
 
@@ -209,6 +228,7 @@ CASES: dict[str, Callable[[Spec], dict[str, Any]]] = {
     "decode-floor": decode_floor,
     "decode-minimal": decode_minimal,
     "decode-post": decode_post,
+    "count-lines": count_lines,
     "run": run_engine,
     "run-workers2": run_workers2,
     "seed-baseline": run_seed,
