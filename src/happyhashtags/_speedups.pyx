@@ -970,8 +970,9 @@ def add_posts(counter, posts):
 
 def count_x_lines(counter, lines, double received_at):
     """``formats.x.py_count_x_lines`` compiled: decode X lines and count their posts in one
-    pass, without building a `Post` for the common shape (an original post, a reply or a quote
-    with an X-shaped ``created_at``); any other line goes through the Python decoder's rules.
+    pass, without building a `Post` for the common shapes (an original post, a reply, a quote
+    or a retweet, with an X-shaped ``created_at`` and no note); any other line goes through the
+    Python decoder's rules.
     Returns ``(posts, skipped reasons, [(line index, DecodeError), ...])``."""
     cdef _Tally tally = _Tally(counter)
     cdef Py_ssize_t index = -1, posts = 0
@@ -981,6 +982,7 @@ def count_x_lines(counter, lines, double received_at):
     cdef double latest = received_at + _x.FUTURE_TOLERANCE
     cdef list tags
     cdef list tagbuf = []
+    cdef bint is_retweet
     decode = _x._decoder.decode
     item_of = _x._item_of
     DecodeError = _x.DecodeError
@@ -994,10 +996,11 @@ def count_x_lines(counter, lines, double received_at):
                 message = None
             if message is not None:
                 data = message.data
-                if data is not None and _plain_v2(data, &event_time, received_at):
+                source = None if data is None else _v2_source(message, data, &is_retweet)
+                if source is not None and _v2_time(data, &event_time, received_at):
                     if event_time > latest:
                         event_time = received_at
-                    entities = data.entities
+                    entities = source.entities
                     if entities is None:
                         tags = None
                     else:
@@ -1010,7 +1013,7 @@ def count_x_lines(counter, lines, double received_at):
                             if tag:
                                 tags.append(tag)
                     posts += 1
-                    tally.add(data.id, data.author_id, event_time, data.text, tags, False)
+                    tally.add(data.id, data.author_id, event_time, source.text, tags, is_retweet)
                     continue
             try:
                 item = item_of(message, line, received_at)
@@ -1031,16 +1034,32 @@ def count_x_lines(counter, lines, double received_at):
     return posts, skipped, rejects
 
 
-cdef bint _plain_v2(object tweet, double* event_time, double received_at) except -1:
-    # Whether `tweet` is counted as itself (not a retweet, no long note), with a created_at
-    # read here; anything else is left to formats.x.message_item.
+cdef object _v2_source(object message, object tweet, bint* is_retweet):
+    # The tweet whose text and hashtags count, as formats.x._v2_post picks it: a retweet's
+    # original from the includes where it is there, else the tweet itself. None where that
+    # tweet has a note (its long text): formats.x.message_item reads those.
+    source = tweet
+    is_retweet[0] = False
     refs = tweet.referenced_tweets
     if refs:
         for ref in refs:
             if ref.type == "retweeted":
-                return False
-    if tweet.note_tweet is not None:
-        return False
+                is_retweet[0] = True
+                includes = message.includes
+                if includes is not None:
+                    wanted = ref.id
+                    for included in includes.tweets:
+                        if included.id == wanted:
+                            source = included
+                            break
+                break
+    if source.note_tweet is not None:
+        return None
+    return source
+
+
+cdef bint _v2_time(object tweet, double* event_time, double received_at) except -1:
+    # The tweet's created_at read here, or False where formats.x.parse_v2_time must read it.
     created = tweet.created_at
     if created is None:
         event_time[0] = received_at
