@@ -2,7 +2,7 @@
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
-HASH   := $(shell cat pyproject.toml setup.py src/happyhashtags/_speedups.pyx | cksum | cut -d' ' -f1)
+HASH   := $(shell cat pyproject.toml setup.py src/happyhashtags/_speedups*.pyx src/happyhashtags/_speedups*.pxi | cksum | cut -d' ' -f1)
 APP    := $(VENV)/.installed-app-$(HASH)
 DEV    := $(VENV)/.installed-dev-$(HASH)
 DATABASE ?= sqlite:///happyhashtags.db

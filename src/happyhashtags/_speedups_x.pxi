@@ -1,0 +1,205 @@
+# Part of _speedups.pyx (included): X's created_at and partition keys, read from the text.
+
+# -- X's created_at ----------------------------------------------------------------------------
+
+cdef inline int _number(str value, Py_ssize_t start, Py_ssize_t count) noexcept:
+    # The ASCII digits value[start:start + count] as a number, or -1 (the caller checked length).
+    cdef Py_ssize_t i
+    cdef int number = 0
+    cdef unsigned int digit
+    for i in range(start, start + count):
+        digit = <unsigned int> value[i] - 48
+        if digit > 9:
+            return -1
+        number = number * 10 + digit
+    return number
+
+
+cdef inline long long _days_from_civil(long long y, long long m, long long d) noexcept:
+    # Days since 1970-01-01 of a proleptic Gregorian date (years 1 to 9999 here).
+    y -= m <= 2
+    cdef long long era = y // 400
+    cdef long long yoe = y - era * 400
+    cdef long long doy = (153 * (m + (-3 if m > 2 else 9)) + 2) // 5 + d - 1
+    cdef long long doe = yoe * 365 + yoe // 4 - yoe // 100 + doy
+    return era * 146097 + doe - 719468
+
+
+cdef int[13] _MONTH_DAYS = [0, 31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31]
+
+
+def parse_x_time(str value):
+    """Seconds since the epoch of a ``created_at`` as X writes it, ``2022-10-10T20:19:24.000Z``
+    (also with no fraction or six digits of it), exactly as `formats.x.parse_v2_time` computes
+    it; None for any other shape, which `parse_v2_time` then reads or refuses."""
+    cdef double seconds
+    if value is None:
+        raise TypeError("a created_at must be a str, not None")
+    return seconds if _x_seconds(value, &seconds) else None
+
+
+cdef bint _x_seconds(str value, double* out) noexcept:
+    # parse_x_time's work: False for any shape it leaves to parse_v2_time.
+    cdef Py_ssize_t n
+    cdef int year, month, day, hour, minute, second, micro = 0, limit
+    cdef long long total
+    n = len(value)
+    if n not in (20, 24, 27) or value[n - 1] != "Z":
+        return False
+    if value[4] != "-" or value[7] != "-" or value[10] != "T" or value[13] != ":":
+        return False
+    if value[16] != ":":
+        return False
+    year, month, day = _number(value, 0, 4), _number(value, 5, 2), _number(value, 8, 2)
+    hour, minute, second = _number(value, 11, 2), _number(value, 14, 2), _number(value, 17, 2)
+    if n > 20:
+        if value[19] != ".":
+            return False
+        micro = _number(value, 20, n - 21)
+        if micro < 0:
+            return False
+        if n == 24:
+            micro *= 1000
+    if year < 1 or month < 1 or month > 12 or day < 1 or hour < 0 or hour > 23:
+        return False
+    if minute < 0 or minute > 59 or second < 0 or second > 59:
+        return False
+    limit = _MONTH_DAYS[month]
+    if month == 2 and year % 4 == 0 and (year % 100 != 0 or year % 400 == 0):
+        limit = 29
+    if day > limit:
+        return False
+    total = (_days_from_civil(year, month, day) * 86400 + hour * 3600 + minute * 60 + second)
+    total = total * 1_000_000 + micro
+    if total >= (1LL << 53) or total <= -(1LL << 53):
+        return False  # beyond exact doubles: let datetime round it
+    # Microseconds over 10**6, as datetime.timestamp() divides (exact operands, one rounding).
+    out[0] = <double> total / 1e6
+    return True
+
+
+# -- X partition keys ------------------------------------------------------------------------
+
+cdef enum:
+    _MAX_DEPTH = 48
+    _K_OTHER = 0
+    _K_DATA = 1     # "data" at the top level
+    _K_AUTHOR = 2   # "author_id" in the data object
+    _K_ID = 3       # "id" in the data object
+
+
+cdef inline bint _is(const unsigned char* p, Py_ssize_t n, const char* word, Py_ssize_t size) noexcept:
+    return n == size and memcmp(p, word, size) == 0
+
+
+def x_author_key(bytes line):
+    """``data.author_id`` (else ``data.id``) of an X API v2 message, read from the JSON text
+    without decoding it: what ``formats.x.partition_key_x`` returns for the line, or None
+    where this scan cannot be sure (not a v2 message, an escape in a key or in the value,
+    deep nesting, broken JSON), and the decoder must read it."""
+    cdef const unsigned char* p = line
+    cdef Py_ssize_t n = len(line), i = 0, j, k, start
+    cdef const unsigned char* found
+    cdef int depth = 0, key = _K_OTHER
+    cdef unsigned char[_MAX_DEPTH] is_object
+    cdef bint expect_key = False, in_data = False, data_object = False, closed = False
+    cdef Py_ssize_t author_at = -1, author_end = -1, id_at = -1, id_end = -1
+    cdef unsigned char c
+    while i < n:
+        c = p[i]
+        if c == 32 or c == 9 or c == 10 or c == 13:
+            i += 1
+            continue
+        if closed:
+            return None  # something after the top-level object
+        if c == 34:  # a string: a key or a value
+            start = j = i + 1
+            while True:  # to the closing quote: one not escaped by an odd run of backslashes
+                found = <const unsigned char*> memchr(p + j, 34, n - j)
+                if found == NULL:
+                    return None
+                j = found - p
+                k = j
+                while k > start and p[k - 1] == 92:
+                    k -= 1
+                if (j - k) % 2 == 0:
+                    break
+                j += 1
+            if expect_key:
+                if depth <= 2 and memchr(p + start, 92, j - start) != NULL:
+                    return None  # "\u0064ata" is "data" to a decoder
+                if depth == 1:
+                    key = _K_DATA if _is(p + start, j - start, "data", 4) else _K_OTHER
+                elif depth == 2 and in_data:
+                    if _is(p + start, j - start, "author_id", 9):
+                        key = _K_AUTHOR
+                    elif _is(p + start, j - start, "id", 2):
+                        key = _K_ID
+                    else:
+                        key = _K_OTHER
+                else:
+                    key = _K_OTHER
+                expect_key = False
+            else:
+                if depth == 1 and key == _K_DATA:
+                    return None  # data that is not an object
+                if key == _K_AUTHOR or key == _K_ID:
+                    if memchr(p + start, 92, j - start) != NULL:
+                        return None
+                    if key == _K_AUTHOR:
+                        author_at, author_end = start, j
+                    else:
+                        id_at, id_end = start, j
+                key = _K_OTHER
+            i = j + 1
+            continue
+        if c == 123 or c == 91:  # { or [
+            if depth >= _MAX_DEPTH:
+                return None
+            if depth == 0 and c != 123:
+                return None
+            if depth == 1 and key == _K_DATA:
+                if c != 123:
+                    return None
+                # The last "data" key wins, as in the decoder.
+                in_data = data_object = True
+                author_at = author_end = id_at = id_end = -1
+            elif depth == 2 and in_data and key != _K_OTHER:
+                return None  # an author_id or id that is not a string
+            is_object[depth] = c == 123
+            depth += 1
+            expect_key = c == 123
+            key = _K_OTHER
+        elif c == 125 or c == 93:  # } or ]
+            if depth == 0 or is_object[depth - 1] != (c == 125):
+                return None
+            depth -= 1
+            if depth == 1:
+                in_data = False
+            elif depth == 0:
+                closed = True
+            expect_key = False
+        elif c == 44:  # ,
+            if depth == 0:
+                return None
+            expect_key = is_object[depth - 1]
+            key = _K_OTHER
+        elif c == 58:  # :
+            if depth == 0:
+                return None
+        else:  # a number or a literal
+            if depth == 0:
+                return None
+            if depth == 1 and key == _K_DATA:
+                return None  # data: null (or worse): the decoder decides
+            if depth == 2 and in_data and key != _K_OTHER:
+                return None
+            key = _K_OTHER
+        i += 1
+    if not closed or not data_object:
+        return None
+    if author_end > author_at:
+        return line[author_at:author_end]
+    if id_end > id_at:
+        return line[id_at:id_end]
+    return None
