@@ -8,10 +8,18 @@ from typing import Any
 
 import pytest
 
+from happyhashtags import formats
 from happyhashtags.aggregate import PostCounter
 from happyhashtags.errors import DecodeError
-from happyhashtags.formats import get_decoder
-from happyhashtags.formats.x import FUTURE_TOLERANCE, decode_x, parse_v1_time, parse_v2_time
+from happyhashtags.formats import get_decoder, get_line_counter, get_partition_key, register_decoder
+from happyhashtags.formats.x import (
+    FUTURE_TOLERANCE,
+    count_x_lines,
+    decode_x,
+    parse_v1_time,
+    parse_v2_time,
+    partition_key_x,
+)
 from happyhashtags.model import Post, Skipped
 from reference import Dead, decode_reference, parse_created_at
 from services import shared_file
@@ -356,6 +364,21 @@ def test_unusable_lines_raise_a_decode_error_with_a_reason(line: bytes) -> None:
 
 def test_the_registry_names_the_x_decoder() -> None:
     assert get_decoder("x") is decode_x
+    assert get_line_counter("x") is count_x_lines
+    assert get_partition_key("x") is partition_key_x
+
+
+def test_a_decoder_registered_over_x_takes_its_line_counter_and_key_with_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The line counter and the partition key follow the built-in decoder's rules: a decoder
+    # registered in its place must not be bypassed by them.
+    for registry in ("_DECODERS", "_LINE_COUNTERS", "_PARTITION_KEYS"):
+        monkeypatch.setattr(formats, registry, dict(getattr(formats, registry)))
+    register_decoder("x", "happyhashtags.formats.bluesky:decode_bluesky")
+    assert get_decoder("x").__name__ == "decode_bluesky"
+    assert get_line_counter("x") is None
+    assert get_partition_key("x") is not partition_key_x
 
 
 @pytest.mark.parametrize("ahead", [FUTURE_TOLERANCE - 1, FUTURE_TOLERANCE + 1, 80 * 365 * 86400])

@@ -55,8 +55,14 @@ _PARTITION_KEYS: dict[str, str] = {
 
 
 def register_decoder(name: str, target: str) -> None:
-    """Register a decoder as ``"package.module:function"`` under `name`."""
+    """Register a decoder as ``"package.module:function"`` under `name`.
+
+    A decoder registered over a built-in one replaces its line counter and partition key too
+    (they follow the built-in decoder's rules): its lines are decoded one by one.
+    """
     _DECODERS[name] = target
+    _LINE_COUNTERS.pop(name, None)
+    _PARTITION_KEYS.pop(name, None)
 
 
 def get_decoder(name: str) -> Decoder:
