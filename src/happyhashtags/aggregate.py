@@ -107,7 +107,6 @@ if TYPE_CHECKING:
 else:
     try:
         from happyhashtags._speedups import IdRing as RecentIds
-        from happyhashtags._speedups import add_posts as _add_posts
     except ImportError:  # not built (no C compiler at install time): the same, slower
         RecentIds = PyRecentIds
 
@@ -267,7 +266,7 @@ class PostCounter:
         defines the behaviour.
         """
         if self.compiled:
-            _add_posts(self, posts)  # type: ignore[name-defined]  # defined where COMPILED
+            _add_posts(self, posts)
         else:
             _py_add_many(self, posts)
 
@@ -368,3 +367,12 @@ def _py_add_many(counter: PostCounter, posts: Iterable[Post]) -> None:
         stats.with_hashtags += with_hashtags
         stats.happy += happy_posts
         stats.counted += counted
+
+
+if TYPE_CHECKING:
+    _add_posts = _py_add_many
+else:
+    try:
+        from happyhashtags._speedups import add_posts as _add_posts
+    except ImportError:  # not built: add_many never calls it (no counter is compiled)
+        _add_posts = _py_add_many

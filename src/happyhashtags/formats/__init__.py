@@ -19,6 +19,7 @@ if TYPE_CHECKING:
 __all__ = [
     "Decoder",
     "LineCounter",
+    "LinesCounted",
     "PartitionKey",
     "get_decoder",
     "get_line_counter",
@@ -27,12 +28,11 @@ __all__ = [
 ]
 
 Decoder = Callable[[bytes, float], Post | Skipped]
-LineCounter = Callable[
-    ["PostCounter", Sequence[bytes], float],
-    tuple[int, dict[str, int], list[tuple[int, DecodeError]]],
-]
-"""Decodes lines and counts their posts in one call: ``(posts, {skip reason: lines},
-[(line index, error)])``, the same as decoding each line and counting the posts in order."""
+LinesCounted = tuple[int, dict[str, int], list[tuple[int, DecodeError]]]
+"""What counting a batch of lines did: ``(posts, {skip reason: lines}, [(line index, error)])``."""
+LineCounter = Callable[["PostCounter", Sequence[bytes], float], LinesCounted]
+"""Decodes lines and counts their posts in one call, the same as decoding each line with the
+format's decoder and counting the posts in order (`LinesCounted`)."""
 PartitionKey = Callable[[bytes], bytes]
 """Maps a raw message to the key that must keep it with its author's other messages."""
 

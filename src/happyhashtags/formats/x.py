@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 import msgspec
 
 from happyhashtags.errors import DecodeError
+from happyhashtags.formats import LinesCounted
 from happyhashtags.model import Post, Skipped
 
 if TYPE_CHECKING:
@@ -22,7 +23,6 @@ if TYPE_CHECKING:
 
 __all__ = [
     "FUTURE_TOLERANCE",
-    "LinesCounted",
     "count_x_lines",
     "decode_x",
     "parse_v1_time",
@@ -274,10 +274,6 @@ def _item_of(message: _Envelope | None, line: bytes, received_at: float) -> Post
     return _message_item(message, received_at)
 
 
-LinesCounted = tuple[int, dict[str, int], list[tuple[int, DecodeError]]]
-"""What counting a batch of lines did: ``(posts, {skip reason: lines}, [(line index, error)])``."""
-
-
 def py_count_x_lines(
     counter: PostCounter, lines: Iterable[bytes], received_at: float
 ) -> LinesCounted:
@@ -343,8 +339,7 @@ def partition_key_x(line: bytes) -> bytes:
     The author id when there is one (sessions are per author), else the post id (so copies of a
     post meet in one worker), else the line itself. Much cheaper than `decode_x`: only two or
     three fields are read, and where the compiled module is built a v2 message's author is
-    read from the JSON text without decoding it (``_speedups.x_author_key``), about ten times
-    faster again.
+    read from the JSON text without decoding it (``_speedups.x_author_key``), faster again.
     """
     if line.__class__ is bytes:
         key = _author_key(line)
