@@ -287,6 +287,13 @@ def test_engines_counting_the_shares_of_a_stream_count_it_once_between_them(
     assert sum(s.posts for s in summaries) == reference.posts + reference.duplicates
     assert sum(s.dead_letters for s in summaries) == reference.dead_total
     assert all(s.posts for s in summaries)  # every share had some
+    # Each dead letter names its own line (cursors are 1-based line numbers here).
+    dead = store.dead_letters(limit=10_000)
+    assert len(dead) == reference.dead_total
+    for letter in dead:
+        cursor = int(letter["source"].rpartition(":")[2])
+        raw = lines[cursor - 1].strip().decode(errors="replace").replace("\x00", "\ufffd")
+        assert letter["raw"] == raw
     store.close()
 
 

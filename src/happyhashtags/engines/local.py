@@ -177,13 +177,17 @@ class LocalEngine(StoppableEngine):
         count_lines = self._count_lines
         if (
             count_lines is not None
-            and self._owned is None
             and not batch.replay
             and (remaining is None or len(lines) <= remaining)
         ):
-            # The format decodes and counts the whole batch in one call.
-            posts_read, skipped, rejects = count_lines(self.counter, lines, received_at)
+            # The format decodes and counts the whole batch (this share's lines) in one call.
+            owned = self._owned
+            offsets = None if owned is None else [i for i, line in enumerate(lines) if owned(line)]
+            mine = lines if offsets is None else [lines[i] for i in offsets]
+            posts_read, skipped, rejects = count_lines(self.counter, mine, received_at)
             for offset, exc in rejects:
+                if offsets is not None:
+                    offset = offsets[offset]
                 self._reject(batch, offset, lines[offset], exc)
             summary.skipped.update(skipped)
             summary.lines += len(lines)
