@@ -17,7 +17,10 @@ if TYPE_CHECKING:
     from nats.js.api import ConsumerInfo
     from nats.js.client import JetStreamContext
 
-__all__ = ["PullConsumer", "ack_fields"]
+__all__ = ["PULL_BYTES", "PullConsumer", "ack_fields"]
+
+PULL_BYTES = 8 << 20
+"""Bytes of messages one pull request asks for at most (raised to fit the largest message)."""
 
 
 class PullConsumer:
@@ -130,7 +133,14 @@ class PullConsumer:
     async def _request(self, count: int, wait: float) -> None:
         if not self.nc.is_connected:
             return
-        payload = json.dumps({"batch": count, "expires": int(wait * 1e9)}).encode()
+        # A byte budget too: without one, a pull of `count` large messages can exceed the
+        # server's per-connection pending limit (64 MB by default) while this process counts;
+        # the server then drops them as a "slow consumer" and delivery stalls until they are
+        # asked for again. At least twice the largest message NATS allows, so one always fits.
+        budget = max(PULL_BYTES, 2 * self.nc.max_payload)
+        payload = json.dumps(
+            {"batch": count, "max_bytes": budget, "expires": int(wait * 1e9)}
+        ).encode()
         subject = f"$JS.API.CONSUMER.MSG.NEXT.{self.stream}.{self.durable}"
         await self.nc.publish(subject, payload, reply=self._inbox)
         self._request_open = True
