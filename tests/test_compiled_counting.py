@@ -24,6 +24,7 @@ from happyhashtags.formats import x
 from happyhashtags.formats.x import count_x_lines, py_count_x_lines
 from happyhashtags.happy import HappyMatcher
 from happyhashtags.model import Post
+from happyhashtags.sessions import PySessionTracker
 from services import IN_CI
 
 if COMPILED:
@@ -290,3 +291,19 @@ def test_the_author_key_scan_reads_the_usual_message() -> None:
     assert x_author_key(line) == b"42"
     assert x_author_key(line.replace(b'"author_id": "42"', b'"authorx": "42"')) == b"1"
     assert x_author_key(b'{"data": {"id": "1"}, "data": null}') is None
+
+
+@pytest.mark.parametrize("compiled", [True, False], ids=["compiled", "python"])
+@pytest.mark.parametrize("field", ["id", "author"])
+def test_a_post_with_a_non_str_id_or_author_is_a_type_error_in_both_builds(
+    compiled: bool, field: str
+) -> None:
+    counter = PostCounter()
+    if not compiled:
+        counter._ids = aggregate.PyRecentIds()
+        counter._sessions = PySessionTracker(gap=1800.0)
+    assert counter.compiled is compiled
+    values: dict[str, object] = {"id": "1", "author": "a", field: 7}
+    post = Post(event_time=0.0, text="#x", **values)  # type: ignore[arg-type]
+    with pytest.raises(TypeError):
+        counter.add_many([post])

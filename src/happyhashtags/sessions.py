@@ -151,6 +151,8 @@ class PySessionTracker:
         The hot path behind `admit`: no list of results is built. `cells` None records the post
         without counting it (a replay). Returns whether any key counted.
         """
+        if author.__class__ is not str:  # as the compiled twin, which reads the str's bytes
+            raise TypeError(f"an author must be a str, not {type(author).__name__}")
         # Limits are enforced once this post is recorded (`due`), never halfway through it.
         session = self._sessions.get(author)
         due = False
