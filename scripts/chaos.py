@@ -192,6 +192,7 @@ def position(database: str, consumer: str) -> int:
 def run_chain(
     chain: Chain,
     queue: str,
+    end: int,
     kills: int,
     rng: random.Random,
     pg: Postgres,
@@ -216,7 +217,17 @@ def run_chain(
     for attempt in range(kills):
         with (log_dir / f"{chain.name}-{attempt}.log").open("wb") as log:
             proc = cli(*args, stdout=log, stderr=log)
-            time.sleep(rng.uniform(2.0, 8.0))
+            # Killed at a random point of the stream still ahead, whatever the speed: after a
+            # fixed 2-8 s, a process that drains the stream in seconds was killed at its end.
+            # Each kill lands in its equal part of what is left for the kills still to come.
+            reached = max(chain.positions[-1], 0) if chain.positions else 0
+            target = reached + rng.randint(0, max(end - reached, 0) // (kills - attempt))
+            deadline = time.monotonic() + 60.0
+            while proc.poll() is None and time.monotonic() < deadline:
+                if position(chain.database, chain.name) >= target:
+                    break
+                time.sleep(0.02)
+            time.sleep(rng.uniform(0.0, 0.05))  # anywhere between two commits
             if pg_every and attempt % pg_every == pg_every - 1:
                 say(f"{chain.name}: restarting PostgreSQL under it")
                 pg.restart()
@@ -309,6 +320,7 @@ def main() -> int:
                 args=(
                     c,
                     queue,
+                    messages,
                     options.kills,
                     random.Random(rng.random()),
                     pg,
