@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from hashlib import blake2b
 from typing import TYPE_CHECKING
 
+from happyhashtags._twins import compiled_or
 from happyhashtags.happy import DEFAULT_MARKERS, HappyMatcher
 from happyhashtags.model import Post
 from happyhashtags.sessions import HAPPY_MASK, ONE_TWEET, Cells, SessionTracker
@@ -105,10 +106,7 @@ class PyRecentIds:
 if TYPE_CHECKING:
     RecentIds = PyRecentIds
 else:
-    try:
-        from happyhashtags._speedups import IdRing as RecentIds
-    except ImportError:  # not built (no C compiler at install time): the same, slower
-        RecentIds = PyRecentIds
+    RecentIds = compiled_or("IdRing", PyRecentIds)
 
 COMPILED = RecentIds is not PyRecentIds
 """Whether the compiled counter state (``happyhashtags._speedups``) is in use."""
@@ -369,10 +367,4 @@ def _py_add_many(counter: PostCounter, posts: Iterable[Post]) -> None:
         stats.counted += counted
 
 
-if TYPE_CHECKING:
-    _add_posts = _py_add_many
-else:
-    try:
-        from happyhashtags._speedups import add_posts as _add_posts
-    except ImportError:  # not built: add_many never calls it (no counter is compiled)
-        _add_posts = _py_add_many
+_add_posts = compiled_or("add_posts", _py_add_many)

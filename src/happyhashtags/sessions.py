@@ -15,6 +15,8 @@ from typing import TYPE_CHECKING
 
 import msgspec
 
+from happyhashtags._twins import compiled_or
+
 __all__ = ["HAPPY_MASK", "ONE_TWEET", "Cells", "PySessionTracker", "SessionTracker"]
 
 log = logging.getLogger(__name__)
@@ -250,7 +252,4 @@ class PySessionTracker:
 if TYPE_CHECKING:
     SessionTracker = PySessionTracker
 else:
-    try:
-        from happyhashtags._speedups import SessionTable as SessionTracker
-    except ImportError:  # not built (no C compiler at install time): the same, slower
-        SessionTracker = PySessionTracker
+    SessionTracker = compiled_or("SessionTable", PySessionTracker)

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 
 import msgspec
 
+from happyhashtags._twins import compiled_or
 from happyhashtags.errors import DecodeError
 from happyhashtags.formats import LinesCounted
 from happyhashtags.model import Post, Skipped
@@ -365,16 +366,6 @@ def _probe_key(line: bytes) -> bytes:
 
 
 # The compiled twins, where happyhashtags._speedups is built; each twin above defines them.
-if TYPE_CHECKING:
-    _x_time = _no_fast_time
-    _author_key = _no_author_key
-    _count_x_lines = py_count_x_lines
-else:
-    try:
-        from happyhashtags._speedups import count_x_lines as _count_x_lines
-        from happyhashtags._speedups import parse_x_time as _x_time
-        from happyhashtags._speedups import x_author_key as _author_key
-    except ImportError:  # not built: the twins (parse_v2_time reads every time, and so on)
-        _x_time = _no_fast_time
-        _author_key = _no_author_key
-        _count_x_lines = py_count_x_lines
+_x_time = compiled_or("parse_x_time", _no_fast_time)
+_author_key = compiled_or("x_author_key", _no_author_key)
+_count_x_lines = compiled_or("count_x_lines", py_count_x_lines)
