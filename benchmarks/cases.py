@@ -26,6 +26,7 @@ from typing import Any
 
 import msgspec
 
+from benchmarks.data import CpuMeter
 from happyhashtags.aggregate import PostCounter
 from happyhashtags.engines.local import LocalEngine, RunSummary
 from happyhashtags.engines.parallel import ParallelEngine
@@ -157,14 +158,16 @@ def run_engine(spec: Spec, workers: int = 1) -> dict[str, Any]:
     """``happyhashtags run --source FILE`` through the library, timed around `run()`."""
     store = _migrated_store(spec["database"])
     engine = _engine(spec, store, workers)
-    started = time.perf_counter()
-    summary = engine.run()
-    seconds = time.perf_counter() - started
+    with CpuMeter() as cpu:
+        started = time.perf_counter()
+        summary = engine.run()
+        seconds = time.perf_counter() - started
     store.close()
     started_by = getattr(engine, "start_method", None)  # fork or spawn, for --workers
     return {
         **_summary_details(summary),
         "seconds": seconds,
+        **cpu.result,
         "workers": workers,
         "start": started_by,
     }

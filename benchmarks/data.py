@@ -16,6 +16,7 @@ import multiprocessing
 import os
 import platform
 import random
+import resource
 import statistics
 import sys
 import time
@@ -28,10 +29,13 @@ from happyhashtags.sources import demo
 
 __all__ = [
     "DEFAULT_DATA_DIR",
+    "CpuMeter",
     "Dataset",
+    "cpu_seconds",
     "ensure_dataset",
     "load_average",
     "machine_info",
+    "postgres_cpu_seconds",
     "wide_messages",
 ]
 
@@ -204,6 +208,67 @@ def parallel_scaling(iterations: int = 4_000_000, repeat: int = 3) -> float:
 def load_average() -> list[float]:
     """The 1, 5 and 15 minute load averages (``uptime``), rounded."""
     return [round(x, 2) for x in os.getloadavg()]
+
+
+def cpu_seconds() -> float:
+    """CPU seconds (user + system) of this process and of its children that have ended: the
+    workers of ``--workers`` once they are joined."""
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
+def postgres_cpu_seconds() -> float | None:
+    """CPU seconds used so far by the local PostgreSQL server's processes (live ones, and the
+    ended ones their parent has reaped), or None where /proc cannot tell (not Linux).
+
+    The difference over a case is the database's share of the machine: on loopback it runs on
+    the same cores as the case.
+    """
+    ticks = os.sysconf("SC_CLK_TCK")
+    total = 0
+    try:
+        entries = os.listdir("/proc")
+    except OSError:
+        return None
+    for entry in entries:
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as stat:
+                line = stat.read()
+        except OSError:
+            continue  # ended meanwhile
+        name, _, rest = line.partition(b") ")
+        if not name.endswith(b"(postgres"):
+            continue
+        fields = rest.split()
+        # After the name: state, ppid, ... utime, stime, cutime, cstime are fields 14-17.
+        total += sum(int(value) for value in fields[11:15])
+    return total / ticks
+
+
+class CpuMeter:
+    """CPU seconds over a block: this process's and its ended children's (``cpu_seconds``), and
+    the local PostgreSQL server's (``postgres_cpu_seconds``, None where unknown)."""
+
+    def __init__(self) -> None:
+        self.result: dict[str, float | None] = {}
+
+    def __enter__(self) -> CpuMeter:
+        self._ours, self._postgres = cpu_seconds(), postgres_cpu_seconds()
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        postgres = postgres_cpu_seconds()
+        self.result = {
+            "cpu_seconds": round(cpu_seconds() - self._ours, 3),
+            "postgres_cpu_seconds": (
+                None
+                if postgres is None or self._postgres is None
+                else round(postgres - self._postgres, 3)
+            ),
+        }
 
 
 def main(argv: list[str] | None = None) -> int:

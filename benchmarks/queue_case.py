@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from benchmarks.data import CpuMeter
 from benchmarks.services import DEFAULT_NATS_URL, port_open
 
 __all__ = ["delete_stream", "ingest", "run_process", "unavailable_reason"]
@@ -124,9 +125,10 @@ def run_process(spec: dict[str, Any]) -> dict[str, Any]:
         engine = LocalEngine(
             source=source, counter=counter, store=store, limit=expected, write_retry=float("inf")
         )
-        started = time.perf_counter()
-        summary = engine.run()
-        seconds = time.perf_counter() - started
+        with CpuMeter() as cpu:
+            started = time.perf_counter()
+            summary = engine.run()
+            seconds = time.perf_counter() - started
     store.close()
     if summary.posts != expected:
         raise RuntimeError(f"process counted {summary.posts:,} posts, expected {expected:,}")
@@ -138,5 +140,6 @@ def run_process(spec: dict[str, Any]) -> dict[str, Any]:
         "dead_letters": summary.dead_letters,
         "flushes": summary.flushes,
         "seconds": seconds,
+        **cpu.result,
         "consumer": spec["consumer"],
     }

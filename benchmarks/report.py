@@ -65,7 +65,20 @@ def summarise_case(runs: list[dict[str, Any]]) -> dict[str, Any]:
         peak_rss_mb=max(r["peak_rss_mb"] for r in ok),
         children_peak_rss_mb=max(r.get("children_peak_rss_mb", 0.0) for r in ok),
     )
+    for key in ("cpu_seconds", "postgres_cpu_seconds"):
+        values = [r[key] for r in ok if r.get(key) is not None]
+        if len(values) == len(ok):
+            summary[f"median_{key}"] = round(statistics.median(values), 3)
     return summary
+
+
+def _cpu(case: dict[str, Any]) -> str:
+    """ "ours + Postgres" median CPU seconds of a case, where it measured them."""
+    ours = case.get("median_cpu_seconds")
+    if ours is None:
+        return ""
+    postgres = case.get("median_postgres_cpu_seconds")
+    return f"{ours:.2f}" if postgres is None else f"{ours:.2f} + {postgres:.2f}"
 
 
 def _paired(
@@ -129,7 +142,11 @@ def targets(
     baseline = _median(_paired(runs, "run", "seed-baseline"))
     out.append(_target("run vs seed-style baseline (posts/s)", baseline, 10.0, "x", at_least=True))
     workers = _median(_paired(runs, "run-workers2", "run"))
-    ceiling = "" if scaling is None else f"this machine's ceiling: {scaling:.2f}x"
+    notes = [] if scaling is None else [f"this machine's ceiling: {scaling:.2f}x"]
+    one, two = _cpu(cases.get("run", {})), _cpu(cases.get("run-workers2", {}))
+    if one and two:
+        notes.append(f"CPU s (ours + Postgres): one process {one}, two {two}")
+    ceiling = "; ".join(notes)
     out.append(
         _target(
             "--workers 2 vs one worker (posts/s)", workers, 1.7, "x", at_least=True, note=ceiling
@@ -220,13 +237,14 @@ def render(console: Console, report: dict[str, Any]) -> None:
         ("min", "right"),
         ("max", "right"),
         ("median s", "right"),
+        ("CPU s (+PG)", "right"),
         ("peak RSS MB", "right"),
     ]:
         table.add_column(column, justify=justify)  # type: ignore[arg-type]
     for name, case in report["cases"].items():
         label = LABELS.get(name, name)
         if case["status"] not in ("ok", "partly failed"):
-            table.add_row(name, label, "", f"[yellow]{case['status']}[/]", "", "", "", "")
+            table.add_row(name, label, "", f"[yellow]{case['status']}[/]", "", "", "", "", "")
             continue
         rss = f"{case['peak_rss_mb']:,.0f}"
         if name == "run-workers2":
@@ -239,6 +257,7 @@ def render(console: Console, report: dict[str, Any]) -> None:
             _rate(case["min_posts_per_second"]),
             _rate(case["max_posts_per_second"]),
             f"{case['median_seconds']:.2f}",
+            _cpu(case),
             rss,
         )
     console.print(table)

@@ -80,6 +80,13 @@ def test_report_has_every_case_with_sane_numbers(bench_report: dict[str, Any]) -
         assert case["median_seconds"] > 0
         assert 10 < case["peak_rss_mb"] < 4096, name
     assert cases["run-workers2"]["children_peak_rss_mb"] > 10  # the workers were measured
+    # CPU seconds of the engine cases: ours (with the workers, once joined) and Postgres's.
+    for name in ("run", "run-workers2"):
+        for run in cases[name]["runs"]:
+            assert 0 < run["cpu_seconds"] < 10 * run["seconds"] + 1, name
+            assert run["postgres_cpu_seconds"] >= 0, name  # /proc read (10 ms ticks)
+    workers_cpu = cases["run-workers2"]["median_cpu_seconds"]
+    assert workers_cpu > cases["run"]["median_cpu_seconds"]  # the worker's share was counted
     assert cases["run"]["runs"][0]["dead_letters"] == 0
 
 
@@ -116,7 +123,7 @@ def test_machine_and_load_are_recorded(bench_report: dict[str, Any]) -> None:
     scaling = bench_report["machine"]["parallel_scaling"]
     assert 0.3 < scaling <= bench_report["machine"]["nproc"] * 1.2
     workers = next(t for t in bench_report["targets"] if t["target"].startswith("--workers 2 vs"))
-    assert workers["note"] == f"this machine's ceiling: {scaling:.2f}x"
+    assert workers["note"].startswith(f"this machine's ceiling: {scaling:.2f}x; CPU s (ours + ")
     assert len(bench_report["load_before"]) == 3
     assert len(bench_report["load_after"]) == 3
     assert bench_report["parameters"]["posts"] == POSTS
