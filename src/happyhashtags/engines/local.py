@@ -170,38 +170,46 @@ class LocalEngine(StoppableEngine):
         return summary
 
     def _process(self, batch: Batch, decode: Decoder) -> None:
+        remaining = None if self.limit is None or batch.replay else self.limit - self.summary.posts
+        if (
+            self._count_lines is not None
+            and not batch.replay
+            and (remaining is None or len(batch.lines) <= remaining)
+        ):
+            done = self._count_whole(batch, self._count_lines, remaining)
+        else:
+            done = self._decode_each(batch, decode, remaining)
+        self.summary.lines += done
+        if batch.cursors is not None and done:
+            self._cursor = batch.cursors[done - 1]
+
+    def _count_whole(self, batch: Batch, count_lines: LineCounter, remaining: int | None) -> int:
+        """The format decodes and counts the batch (this share's lines) in one call; returns
+        the lines done: all of them."""
+        lines = batch.lines
+        owned = self._owned
+        offsets = None if owned is None else [i for i, line in enumerate(lines) if owned(line)]
+        mine = lines if offsets is None else [lines[i] for i in offsets]
+        posts_read, skipped, rejects = count_lines(self.counter, mine, batch.received_at)
+        for offset, exc in rejects:
+            if offsets is not None:
+                offset = offsets[offset]
+            self._reject(batch, offset, lines[offset], exc)
+        self.summary.skipped.update(skipped)
+        self.summary.posts += posts_read
+        if remaining is not None and posts_read >= remaining:
+            self._stopping.set()
+        return len(lines)
+
+    def _decode_each(self, batch: Batch, decode: Decoder, remaining: int | None) -> int:
+        """One decode call per line, then the batch's posts counted (or replayed) in one call;
+        returns the lines done (fewer than all where the limit falls in the batch)."""
         summary = self.summary
         received_at = batch.received_at
-        remaining = None if self.limit is None or batch.replay else self.limit - summary.posts
-        lines = batch.lines
-        count_lines = self._count_lines
-        if (
-            count_lines is not None
-            and not batch.replay
-            and (remaining is None or len(lines) <= remaining)
-        ):
-            # The format decodes and counts the whole batch (this share's lines) in one call.
-            owned = self._owned
-            offsets = None if owned is None else [i for i, line in enumerate(lines) if owned(line)]
-            mine = lines if offsets is None else [lines[i] for i in offsets]
-            posts_read, skipped, rejects = count_lines(self.counter, mine, received_at)
-            for offset, exc in rejects:
-                if offsets is not None:
-                    offset = offsets[offset]
-                self._reject(batch, offset, lines[offset], exc)
-            summary.skipped.update(skipped)
-            summary.lines += len(lines)
-            summary.posts += posts_read
-            if remaining is not None and posts_read >= remaining:
-                self._stopping.set()
-            if batch.cursors is not None and lines:
-                self._cursor = batch.cursors[len(lines) - 1]
-            return
         posts: list[Post] = []
         keep = posts.append
         owned = self._owned
         done = 0
-        # The hot loop: one decode call per line; the batch's posts are then counted in one call.
         for raw in batch.lines:
             done += 1
             if owned is not None and not owned(raw):
@@ -222,7 +230,6 @@ class LocalEngine(StoppableEngine):
                     break
             else:
                 summary.skipped[item.reason] += 1  # type: ignore[union-attr]
-        summary.lines += done
         if batch.replay:
             for post in posts:
                 self.counter.replay(post)
@@ -230,8 +237,7 @@ class LocalEngine(StoppableEngine):
         else:
             self.counter.add_many(posts)
             summary.posts += len(posts)
-        if batch.cursors is not None and done:
-            self._cursor = batch.cursors[done - 1]
+        return done
 
     def _reject(self, batch: Batch, offset: int, raw: bytes, exc: DecodeError) -> None:
         line = raw.strip()
