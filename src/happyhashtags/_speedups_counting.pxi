@@ -167,6 +167,11 @@ cdef class _Tally:
         self.counted += 1
         return 0
 
+    cdef int add_post(self, object post) except -1:
+        return self.add(
+            post.id, post.author, post.event_time, post.text, post.hashtags, post.is_retweet
+        )
+
     cdef int finish(self) except -1:
         stats = self.counter.stats
         stats.posts += self.seen
@@ -184,9 +189,7 @@ def add_posts(counter, posts):
     cdef _Tally tally = _Tally(counter)
     try:
         for post in posts:
-            tally.add(
-                post.id, post.author, post.event_time, post.text, post.hashtags, post.is_retweet
-            )
+            tally.add_post(post)
     finally:
         tally.finish()
 
@@ -245,10 +248,7 @@ def count_x_lines(counter, lines, double received_at):
                 continue
             if type(item) is Post:
                 posts += 1
-                tally.add(
-                    item.id, item.author, item.event_time, item.text, item.hashtags,
-                    item.is_retweet,
-                )
+                tally.add_post(item)
             else:
                 reason = item.reason
                 skipped[reason] = skipped.get(reason, 0) + 1
@@ -260,7 +260,7 @@ def count_x_lines(counter, lines, double received_at):
 cdef object _v2_source(object message, object tweet, bint* is_retweet):
     # The tweet whose text and hashtags count, as formats.x._v2_post picks it: a retweet's
     # original from the includes where it is there, else the tweet itself. None where that
-    # tweet has a note (its long text): formats.x.message_item reads those.
+    # tweet has a note (its long text): formats.x._item_of reads those.
     source = tweet
     is_retweet[0] = False
     refs = tweet.referenced_tweets
