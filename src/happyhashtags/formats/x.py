@@ -10,17 +10,14 @@ from __future__ import annotations
 import calendar
 from collections.abc import Iterable, Sequence
 from datetime import datetime
-from typing import TYPE_CHECKING
 
 import msgspec
 
 from happyhashtags._twins import compiled_or
+from happyhashtags.aggregate import PostCounter
 from happyhashtags.errors import DecodeError
 from happyhashtags.formats import LinesCounted
 from happyhashtags.model import Post, Skipped
-
-if TYPE_CHECKING:
-    from happyhashtags.aggregate import PostCounter
 
 __all__ = [
     "FUTURE_TOLERANCE",
@@ -304,8 +301,6 @@ def count_x_lines(counter: PostCounter, lines: Sequence[bytes], received_at: flo
     """Decode X lines and count their posts: what `py_count_x_lines` does, compiled where the
     counter's state is (`PostCounter.compiled`), which saves building a `Post` per line. A
     subclass that overrides `add_many` gets its posts through it, as with `py_count_x_lines`."""
-    from happyhashtags.aggregate import PostCounter
-
     if counter.compiled and counter.__class__.add_many is PostCounter.add_many:
         return _count_x_lines(counter, lines, received_at)
     return py_count_x_lines(counter, lines, received_at)
