@@ -4,7 +4,8 @@
 Everything here has a pure-Python twin that defines its behaviour: `IdRing` is
 ``aggregate.PyRecentIds``, `SessionTable` is ``sessions.PySessionTracker``, `add_posts` is
 ``aggregate._py_add_many``, `count_x_lines` is ``formats.x.py_count_x_lines``, and
-`parse_x_time` and `x_author_key` may decline ("None: let the Python code read it"). The tests
+`parse_x_time`, `x_author_key` and the X line scanner (`scan_x`) may decline ("None: let the
+Python code, or msgspec, read it"). The tests
 run both on the same inputs and require the same answers. The package uses the compiled one
 when it is built (``pip install`` builds it where a C compiler is present) and the twin
 otherwise.
@@ -16,7 +17,7 @@ from cpython.ref cimport PyObject
 from libc.math cimport copysign, floor, fmod, isfinite
 from libc.stdint cimport int32_t, uint32_t, uint64_t
 from libc.stdlib cimport calloc, free, malloc, qsort, realloc
-from libc.string cimport memchr, memcmp, memcpy, memset
+from libc.string cimport memchr, memcmp, memcpy, memset, strlen
 
 import logging
 from array import array
@@ -29,13 +30,9 @@ cdef extern from *:
         return x ^ (x >> 31);
     }
 
-    /* A stable 64-bit hash of a str: of its characters as CPython stores them (one, two or four
-       bytes each, always the narrowest that fits, so equal strings hash alike in every
-       process). Not `hash()`, which is salted per process, and state is pickled. */
-    static uint64_t hh_str_hash(PyObject* s) {
-        Py_ssize_t n = PyUnicode_GET_LENGTH(s) * PyUnicode_KIND(s);
-        const unsigned char* p = (const unsigned char*) PyUnicode_DATA(s);
-        uint64_t h = hh_mix(((uint64_t) n << 3) ^ (uint64_t) PyUnicode_KIND(s) ^ 0x9e3779b97f4a7c15ULL);
+    /* A stable 64-bit hash of `n` bytes holding characters of `kind` bytes each. */
+    static uint64_t hh_hash(const unsigned char* p, Py_ssize_t n, unsigned int kind) {
+        uint64_t h = hh_mix(((uint64_t) n << 3) ^ (uint64_t) kind ^ 0x9e3779b97f4a7c15ULL);
         uint64_t k;
         while (n >= 8) {
             memcpy(&k, p, 8);
@@ -50,9 +47,24 @@ cdef extern from *:
         }
         return hh_mix(h);
     }
+
+    /* A stable 64-bit hash of a str: of its characters as CPython stores them (one, two or four
+       bytes each, always the narrowest that fits, so equal strings hash alike in every
+       process). Not `hash()`, which is salted per process, and state is pickled. An ASCII
+       str hashes as hh_hash of its UTF-8 bytes with kind 1. */
+    static uint64_t hh_str_hash(PyObject* s) {
+        return hh_hash((const unsigned char*) PyUnicode_DATA(s),
+                       PyUnicode_GET_LENGTH(s) * PyUnicode_KIND(s), PyUnicode_KIND(s));
+    }
     """
     uint64_t hh_mix(uint64_t x) nogil
+    uint64_t hh_hash(const unsigned char* p, Py_ssize_t n, unsigned int kind) nogil
     uint64_t hh_str_hash(object s)
+
+cdef extern from "Python.h":
+    bint PyUnicode_IS_ASCII(object s)
+    void* PyUnicode_DATA(object s)
+    str PyUnicode_DecodeUTF8(const char* s, Py_ssize_t size, const char* errors)
 
 cdef uint64_t* _zeroed_keys(size_t count) except NULL:
     cdef uint64_t* keys = <uint64_t*> calloc(count, sizeof(uint64_t))
@@ -74,4 +86,5 @@ cdef uint64_t* _resized_keys(uint64_t* keys, size_t count) except NULL:
 include "_speedups_ids.pxi"
 include "_speedups_sessions.pxi"
 include "_speedups_x.pxi"
+include "_speedups_scan.pxi"
 include "_speedups_counting.pxi"

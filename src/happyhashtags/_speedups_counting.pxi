@@ -42,6 +42,52 @@ cdef double _floor_div(double vx, double wx) noexcept:
     return copysign(0.0, vx / wx)
 
 
+cdef inline bint _find(
+    const unsigned char* hay, Py_ssize_t n, const unsigned char* needle, Py_ssize_t m
+) noexcept:
+    # Whether needle[:m] (m > 0) occurs in hay[:n].
+    cdef const unsigned char* at
+    cdef const unsigned char* last = hay + n - m
+    while hay <= last:
+        at = <const unsigned char*> memchr(hay, needle[0], last - hay + 1)
+        if at == NULL:
+            return False
+        if memcmp(at + 1, needle + 1, m - 1) == 0:
+            return True
+        hay = at + 1
+    return False
+
+
+cdef inline bint _digit_key(const unsigned char* p, Py_ssize_t n, uint64_t* out) noexcept:
+    # An id of 1 to 19 ASCII digits as its own key (IdRing.add's `_digits`).
+    cdef uint64_t value = 0
+    cdef unsigned int digit
+    cdef Py_ssize_t i
+    if n == 0 or n > 19:
+        return False
+    for i in range(n):
+        digit = <unsigned int> p[i] - 48
+        if digit > 9:
+            return False
+        value = value * 10 + digit
+    out[0] = value
+    return True
+
+
+cdef inline str _span_str(const unsigned char* p, _Span span):
+    # The scanned (valid, unescaped) UTF-8 string at `span` as a str.
+    return PyUnicode_DecodeUTF8(<const char*> p + span.start, span.end - span.start, NULL)
+
+
+cdef inline uint64_t _span_hash(const unsigned char* p, _Span span) except? 0:
+    # hh_str_hash of the str at `span`, without building it where it is ASCII.
+    cdef Py_ssize_t i
+    for i in range(span.start, span.end):
+        if p[i] >= 0x80:
+            return hh_str_hash(_span_str(p, span))
+    return hh_hash(p + span.start, span.end - span.start, 1)
+
+
 cdef class _Tally:
     """One batch of `PostCounter.add_many`, as ``aggregate._py_add_many`` (its twin) runs it:
     the counter's parts hoisted, and the batch's statistics added to it at `finish`."""
@@ -53,6 +99,7 @@ cdef class _Tally:
     cdef object normalize
     cdef dict buckets
     cdef tuple plain            # the happy markers, when all are plain substrings
+    cdef tuple plain_utf8       # ... in UTF-8
     cdef object matches         # else HappyMatcher.matches
     cdef double bucket_seconds
     cdef long long bucket_step
@@ -71,6 +118,8 @@ cdef class _Tally:
         self.normalize = counter._normalize
         self.buckets = counter._buckets
         self.plain = counter.happy.plain_markers
+        if self.plain is not None:
+            self.plain_utf8 = tuple([marker.encode() for marker in self.plain])
         self.matches = counter.happy.matches
         self.bucket_step = counter.bucket_seconds
         self.bucket_seconds = <double> self.bucket_step
@@ -78,13 +127,16 @@ cdef class _Tally:
         self.cells = None
         self.keybuf = []
 
+    cdef inline object _key(self, object tag):
+        # The hashtag's counting key (case-folded, normalized), from the counter's cache.
+        cdef PyObject* found = PyDict_GetItem(self.norm, tag)
+        return <object> found if found != NULL else self.normalize(tag)
+
     cdef list _keys(self, object tags):
         cdef list keys = self.keybuf
-        cdef PyObject* found
         del keys[:]
         for tag in tags:
-            found = PyDict_GetItem(self.norm, tag)
-            key = <object> found if found != NULL else self.normalize(tag)
+            key = self._key(tag)
             if len(keys) == 0 or key not in keys:
                 keys.append(key)
         return keys
@@ -94,6 +146,15 @@ cdef class _Tally:
             return self.matches(text)
         for marker in self.plain:
             if marker in text:
+                return True
+        return False
+
+    cdef bint _happy_at(self, const unsigned char* text, Py_ssize_t size) except -1:
+        # _happy of the UTF-8 text[:size] (valid: the scanner checked it).
+        if self.plain_utf8 is None:
+            return self.matches(PyUnicode_DecodeUTF8(<const char*> text, size, NULL))
+        for marker in self.plain_utf8:
+            if _find(text, size, marker, len(<bytes> marker)):
                 return True
         return False
 
@@ -128,11 +189,8 @@ cdef class _Tally:
         self, object post_id, object author, double event_time, object text, object tags,
         bint is_retweet,
     ) except -1:
-        cdef bint happy
-        cdef long long add
-        cdef PyObject* old
-        cdef list keys
-        cdef dict cells
+        cdef uint64_t a = 0
+        cdef bint sessions = self.sessions is not None and author is not None
         self.seen += 1
         if post_id is not None and not self.ids.add(post_id):
             self.duplicates += 1
@@ -142,19 +200,31 @@ cdef class _Tally:
             return 0
         if tags is None and ("#" in text or "＃" in text):  # else extract_hashtags finds none
             tags = _extract_hashtags(text)
+        if sessions:
+            if not isinstance(author, str):
+                raise TypeError(f"an author must be a str, not {type(author).__name__}")
+            a = hh_str_hash(author)
         if not tags:
-            if self.sessions is not None and author is not None:
+            if sessions:
                 # A post without hashtags still extends (or starts) its author's session.
-                self.sessions.admit_into(None, author, event_time, (), False)
+                self.sessions._admit(None, a, event_time, (), False)
             return 0
+        return self._count(self._keys(tags), self._happy(text), event_time, sessions, a)
+
+    cdef int _count(
+        self, list keys, bint happy, double event_time, bint sessions, uint64_t author
+    ) except -1:
+        # A post with hashtags (`keys`): into its bucket's cells, through the author's session
+        # where `sessions`.
+        cdef long long add
+        cdef PyObject* old
+        cdef dict cells
         self.with_hashtags += 1
-        keys = self._keys(tags)
-        happy = self._happy(text)
         if happy:
             self.happy_posts += 1
         cells = self._cells(event_time)
-        if self.sessions is not None and author is not None:
-            if self.sessions.admit_into(cells, author, event_time, keys, happy):
+        if sessions:
+            if self.sessions._admit(cells, author, event_time, keys, happy):
                 self.counted += 1
             return 0
         add = _ONE_TWEET + happy
@@ -165,6 +235,56 @@ cdef class _Tally:
             else:
                 cells[key] = <object> old + add
         self.counted += 1
+        return 0
+
+    cdef int add_scanned(
+        self, bytes line, _ScanTweet* data, _ScanTweet* source, double event_time
+    ) except -1:
+        # `add` for a line `_scan_x` read: the post's id and author from `data`, its text and
+        # hashtags from `source` (data, or the original of a retweet).
+        cdef const unsigned char* p = line
+        cdef const unsigned char* text = p + source.text.start
+        cdef Py_ssize_t size = source.text.end - source.text.start
+        cdef uint64_t key, a = 0
+        cdef bint sessions, fresh
+        cdef list keys
+        cdef int k
+        self.seen += 1
+        if data.id.start >= 0:
+            if _digit_key(p + data.id.start, data.id.end - data.id.start, &key):
+                fresh = self.ids._add_key(key)
+            else:
+                fresh = self.ids.add(_span_str(p, data.id))
+            if not fresh:
+                self.duplicates += 1
+                return 0
+        if data.retweet and not self.count_retweets:
+            self.retweets += 1
+            return 0
+        if source.text.start < 0:
+            text, size = p, 0  # the default text, ""
+        sessions = self.sessions is not None and data.author.start >= 0
+        if sessions:
+            a = _span_hash(p, data.author)
+        if source.ntags:
+            keys = self.keybuf
+            del keys[:]
+            for k in range(source.ntags):
+                tag = self._key(_span_str(p, source.tags[k]))
+                if len(keys) == 0 or tag not in keys:
+                    keys.append(tag)
+            return self._count(keys, self._happy_at(text, size), event_time, sessions, a)
+        # No entities: hashtags from the text, where it has a hash sign at all.
+        if not source.entities and (
+            memchr(text, 35, size) != NULL or _find(text, size, b"\xef\xbc\x83", 3)  # # or ＃
+        ):
+            tags = _extract_hashtags(PyUnicode_DecodeUTF8(<const char*> text, size, NULL))
+            if tags:
+                return self._count(
+                    self._keys(tags), self._happy_at(text, size), event_time, sessions, a
+                )
+        if sessions:
+            self.sessions._admit(None, a, event_time, (), False)
         return 0
 
     cdef int add_post(self, object post) except -1:
@@ -213,9 +333,22 @@ def count_x_lines(counter, lines, double received_at):
     item_of = _x._item_of
     DecodeError = _x.DecodeError
     Post = _Post
+    cdef _Scan* scan = <_Scan*> malloc(sizeof(_Scan))
+    cdef _ScanTweet* scanned
+    if scan == NULL:
+        raise MemoryError()
     try:
         for line in lines:
             index += 1
+            if type(line) is bytes and _scan_x(<bytes> line, len(<bytes> line), scan):
+                # The common message, read without msgspec (which reads any line declined).
+                scanned = _scanned_source(<bytes> line, scan)
+                if _scanned_time(<bytes> line, &scan.data, &event_time, received_at):
+                    if event_time > latest:
+                        event_time = received_at
+                    posts += 1
+                    tally.add_scanned(<bytes> line, &scan.data, scanned, event_time)
+                    continue
             try:
                 message = decode(line)
             except _MsgspecError:
@@ -253,8 +386,38 @@ def count_x_lines(counter, lines, double received_at):
                 reason = item.reason
                 skipped[reason] = skipped.get(reason, 0) + 1
     finally:
+        free(scan)
         tally.finish()
     return posts, skipped, rejects
+
+
+cdef _ScanTweet* _scanned_source(const unsigned char* p, _Scan* scan) noexcept:
+    # `_v2_source` of a scanned line: the first included tweet whose id is the retweet's
+    # reference, else the data tweet.
+    cdef _ScanTweet* data = &scan.data
+    cdef _ScanTweet* included
+    cdef Py_ssize_t size = data.ref_id.end - data.ref_id.start
+    cdef int k
+    if data.retweet:
+        for k in range(scan.nincluded):
+            included = &scan.included[k]
+            if (
+                included.id.start >= 0
+                and included.id.end - included.id.start == size
+                and memcmp(p + included.id.start, p + data.ref_id.start, size) == 0
+            ):
+                return included
+    return data
+
+
+cdef bint _scanned_time(
+    const unsigned char* p, _ScanTweet* data, double* event_time, double received_at
+) noexcept:
+    # `_v2_time` of a scanned line.
+    if data.created.start < 0:
+        event_time[0] = received_at
+        return True
+    return _x_seconds_at(p + data.created.start, data.created.end - data.created.start, event_time)
 
 
 cdef object _v2_source(object message, object tweet, bint* is_retweet):

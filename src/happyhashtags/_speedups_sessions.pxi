@@ -242,7 +242,14 @@ cdef class SessionTable:
         self, dict cells, str author, double event_time, keys, bint happy
     ) except -1:
         """Record a post and add what counts of it to `cells` (None: record only)."""
-        cdef uint64_t a
+        if author is None:
+            raise TypeError("an author must be a str, not None")
+        return self._admit(cells, hh_str_hash(author), event_time, keys, happy)
+
+    cdef bint _admit(
+        self, dict cells, uint64_t a, double event_time, keys, bint happy
+    ) except -1:
+        # admit_into for the author whose hh_str_hash is `a`.
         cdef Py_ssize_t pos
         cdef Session* s
         cdef bint due = False
@@ -252,9 +259,6 @@ cdef class SessionTable:
         cdef int new, new_happy
         cdef Py_ssize_t added = 0
         cdef PyObject* old
-        if author is None:
-            raise TypeError("an author must be a str, not None")
-        a = hh_str_hash(author)
         if a == 0:
             a = 1
         pos = self._find(a)

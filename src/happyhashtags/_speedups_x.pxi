@@ -2,7 +2,7 @@
 
 # -- X's created_at ----------------------------------------------------------------------------
 
-cdef inline int _number(str value, Py_ssize_t start, Py_ssize_t count) noexcept:
+cdef inline int _number(const unsigned char* value, Py_ssize_t start, Py_ssize_t count) noexcept:
     # The ASCII digits value[start:start + count] as a number, or -1 (the caller checked length).
     cdef Py_ssize_t i
     cdef int number = 0
@@ -39,21 +39,27 @@ def parse_x_time(str value):
 
 
 cdef bint _x_seconds(str value, double* out) noexcept:
-    # parse_x_time's work: False for any shape it leaves to parse_v2_time.
-    cdef Py_ssize_t n
+    # parse_x_time's work: False for any shape it leaves to parse_v2_time. Every shape it reads
+    # is ASCII.
+    if not PyUnicode_IS_ASCII(value):
+        return False
+    return _x_seconds_at(<const unsigned char*> PyUnicode_DATA(value), len(value), out)
+
+
+cdef bint _x_seconds_at(const unsigned char* value, Py_ssize_t n, double* out) noexcept:
+    # _x_seconds of the ASCII text value[:n].
     cdef int year, month, day, hour, minute, second, micro = 0, limit
     cdef long long total
-    n = len(value)
-    if n not in (20, 24, 27) or value[n - 1] != "Z":
+    if n not in (20, 24, 27) or value[n - 1] != 90:  # Z
         return False
-    if value[4] != "-" or value[7] != "-" or value[10] != "T" or value[13] != ":":
+    if value[4] != 45 or value[7] != 45 or value[10] != 84 or value[13] != 58:  # - - T :
         return False
-    if value[16] != ":":
+    if value[16] != 58:
         return False
     year, month, day = _number(value, 0, 4), _number(value, 5, 2), _number(value, 8, 2)
     hour, minute, second = _number(value, 11, 2), _number(value, 14, 2), _number(value, 17, 2)
     if n > 20:
-        if value[19] != ".":
+        if value[19] != 46:  # .
             return False
         micro = _number(value, 20, n - 21)
         if micro < 0:

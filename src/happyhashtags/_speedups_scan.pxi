@@ -1,0 +1,560 @@
+# Part of _speedups.pyx (included): a validating JSON scanner for the common X API v2 message.
+#
+# It reads the fields counting needs (data's id, author_id, created_at, text, hashtags and
+# retweet reference, and the included tweets a retweet points at) as spans of the line, without
+# building a Python object, and checks that the whole line is JSON that the package's msgspec
+# schema (formats.x._Envelope) accepts. It declines (returns False) wherever it cannot be sure
+# that msgspec would decode the line to the same values: an escape in a string it reads, a
+# null, a duplicate key, a note, v1.1 or notice fields, nesting past _SCAN_DEPTH, more than
+# _SCAN_TAGS hashtags, anything not JSON. A declined line goes to msgspec, which decides.
+#
+# Lines are `bytes`, which CPython always ends with a NUL after the last byte: the scanner
+# reads at most that NUL past the end, which matches no byte it looks for.
+
+cdef enum:
+    _SCAN_DEPTH = 64
+    _SCAN_TAGS = 32      # hashtags kept per tweet
+    _SCAN_INCLUDED = 8   # included tweets kept
+
+
+ctypedef struct _Span:
+    Py_ssize_t start     # -1: absent
+    Py_ssize_t end
+
+
+ctypedef struct _ScanTweet:
+    _Span id
+    _Span text
+    _Span created
+    _Span author
+    _Span ref_id         # of the first reference of type "retweeted" (absent: "")
+    bint retweet
+    bint entities        # an entities object was there (its hashtags may be none)
+    int ntags
+    _Span tags[_SCAN_TAGS]   # each hashtag's tag, or its text where the tag is empty
+
+
+ctypedef struct _Scan:
+    _ScanTweet data
+    int nincluded
+    _ScanTweet included[_SCAN_INCLUDED]
+
+
+cdef enum:
+    _ENVELOPE_COUNT = 17
+
+cdef const char* _ENVELOPE[_ENVELOPE_COUNT]
+_ENVELOPE[:] = [
+    "id_str", "id", "text", "full_text", "created_at", "entities", "extended_tweet", "user",
+    "retweeted_status", "errors", "delete", "limit", "scrub_geo", "status_withheld",
+    "user_withheld", "warning", "disconnect",
+]
+
+
+# 1 for a byte a string may hold as it is (not a quote, a backslash or a control character).
+cdef unsigned char _PLAIN[256]
+for _c in range(256):
+    _PLAIN[_c] = _c >= 0x20 and _c != 34 and _c != 92
+
+
+cdef inline Py_ssize_t _ws(const unsigned char* p, Py_ssize_t i) noexcept nogil:
+    cdef unsigned char c = p[i]
+    while c == 32 or c == 10 or c == 13 or c == 9:
+        i += 1
+        c = p[i]
+    return i
+
+
+cdef inline int _hex(unsigned char c) noexcept nogil:
+    if 48 <= c <= 57:
+        return c - 48
+    c |= 0x20
+    if 97 <= c <= 102:
+        return c - 87
+    return -1
+
+
+cdef Py_ssize_t _string_end(
+    const unsigned char* p, Py_ssize_t n, Py_ssize_t i, bint* escaped
+) noexcept nogil:
+    # p[i] opens a string: the index of its closing quote, or -1 (a control character, a bad
+    # escape, a lone surrogate, no end). `escaped`: set where the string holds an escape.
+    cdef unsigned char c
+    cdef int k, d, code
+    i += 1
+    while True:
+        while _PLAIN[p[i]]:
+            i += 1
+        c = p[i]
+        if c == 34:
+            return i if i < n else -1
+        if c != 92 or i >= n:
+            return -1
+        escaped[0] = True
+        c = p[i + 1]
+        if c == 117:  # \uXXXX
+            if n - i < 6:
+                return -1
+            code = 0
+            for k in range(2, 6):
+                d = _hex(p[i + k])
+                if d < 0:
+                    return -1
+                code = code * 16 + d
+            if 0xD800 <= code <= 0xDFFF:
+                return -1  # surrogates: msgspec pairs them or refuses; let it
+            i += 6
+        elif c == 34 or c == 92 or c == 47 or c == 98 or c == 102 or c == 110 or c == 114 or c == 116:
+            i += 2
+        else:
+            return -1
+
+
+cdef bint _utf8(const unsigned char* s, Py_ssize_t n) noexcept nogil:
+    # Strict UTF-8 (no overlong forms, no surrogates, nothing past U+10FFFF).
+    cdef Py_ssize_t i = 0
+    cdef unsigned char c, lo, hi
+    cdef int more
+    while i < n:
+        c = s[i]
+        if c < 0x80:
+            i += 1
+            continue
+        lo, hi = 0x80, 0xBF
+        if 0xC2 <= c <= 0xDF:
+            more = 1
+        elif 0xE0 <= c <= 0xEF:
+            more = 2
+            if c == 0xE0:
+                lo = 0xA0
+            elif c == 0xED:
+                hi = 0x9F
+        elif 0xF0 <= c <= 0xF4:
+            more = 3
+            if c == 0xF0:
+                lo = 0x90
+            elif c == 0xF4:
+                hi = 0x8F
+        else:
+            return False
+        if n - i <= more or not (lo <= s[i + 1] <= hi):
+            return False
+        i += 2
+        more -= 1
+        while more:
+            if not (0x80 <= s[i] <= 0xBF):
+                return False
+            i += 1
+            more -= 1
+    return True
+
+
+cdef Py_ssize_t _skip_number(const unsigned char* p, Py_ssize_t i) noexcept nogil:
+    # A JSON number from p[i]: the index after it, or -1.
+    if p[i] == 45:
+        i += 1
+    if p[i] == 48:
+        i += 1
+    elif 49 <= p[i] <= 57:
+        while 48 <= p[i] <= 57:
+            i += 1
+    else:
+        return -1
+    if p[i] == 46:
+        i += 1
+        if not (48 <= p[i] <= 57):
+            return -1
+        while 48 <= p[i] <= 57:
+            i += 1
+    if p[i] == 101 or p[i] == 69:
+        i += 1
+        if p[i] == 43 or p[i] == 45:
+            i += 1
+        if not (48 <= p[i] <= 57):
+            return -1
+        while 48 <= p[i] <= 57:
+            i += 1
+    return i
+
+
+cdef inline Py_ssize_t _next_member(
+    const unsigned char* p, Py_ssize_t i, unsigned char close, bint* more
+) noexcept nogil:
+    # After a value in an object or array: past the comma (more) or the closing bracket.
+    i = _ws(p, i)
+    if p[i] == 44:
+        more[0] = True
+        return _ws(p, i + 1)
+    more[0] = False
+    return i + 1 if p[i] == close else -1
+
+
+cdef Py_ssize_t _key(
+    const unsigned char* p, Py_ssize_t n, Py_ssize_t i, Py_ssize_t* start, bint* escaped
+) noexcept nogil:
+    # p[i] opens an object's key: the index of its value, with the key at p[start[0]:end]
+    # where end is the index of the key's closing quote (returned in start[1]).
+    if p[i] != 34:
+        return -1
+    escaped[0] = False
+    cdef Py_ssize_t end = _string_end(p, n, i, escaped)
+    if end < 0:
+        return -1
+    start[0] = i + 1
+    start[1] = end
+    i = _ws(p, end + 1)
+    if p[i] != 58:
+        return -1
+    return _ws(p, i + 1)
+
+
+cdef Py_ssize_t _skip_value(
+    const unsigned char* p, Py_ssize_t n, Py_ssize_t i, int depth
+) noexcept nogil:
+    # Any JSON value from p[i] (no whitespace before it): the index after it, or -1.
+    cdef unsigned char c = p[i]
+    cdef bint escaped = False, more
+    cdef Py_ssize_t key[2]
+    if c == 34:
+        i = _string_end(p, n, i, &escaped)
+        return -1 if i < 0 else i + 1
+    if c == 123 or c == 91:
+        if depth >= _SCAN_DEPTH:
+            return -1
+        i = _ws(p, i + 1)
+        if p[i] == c + 2:  # } or ]
+            return i + 1
+        while True:
+            if c == 123:
+                i = _key(p, n, i, key, &escaped)
+                if i < 0:
+                    return -1
+            i = _skip_value(p, n, i, depth + 1)
+            if i < 0:
+                return -1
+            i = _next_member(p, i, c + 2, &more)
+            if i < 0 or not more:
+                return i
+    if c == 116:
+        return i + 4 if n - i >= 4 and memcmp(p + i, b"true", 4) == 0 else -1
+    if c == 102:
+        return i + 5 if n - i >= 5 and memcmp(p + i, b"false", 5) == 0 else -1
+    if c == 110:
+        return i + 4 if n - i >= 4 and memcmp(p + i, b"null", 4) == 0 else -1
+    return _skip_number(p, i)
+
+
+cdef Py_ssize_t _text(const unsigned char* p, Py_ssize_t n, Py_ssize_t i, _Span* out) noexcept nogil:
+    # A string the schema reads: unescaped, valid UTF-8. The index after it, or -1.
+    cdef bint escaped = False
+    cdef Py_ssize_t end
+    if p[i] != 34:
+        return -1
+    end = _string_end(p, n, i, &escaped)
+    if end < 0 or escaped or not _utf8(p + i + 1, end - i - 1):
+        return -1
+    out.start, out.end = i + 1, end
+    return end + 1
+
+
+cdef inline bint _named(
+    const unsigned char* p, const Py_ssize_t* key, const char* name, Py_ssize_t size
+) noexcept nogil:
+    return key[1] - key[0] == size and memcmp(p + key[0], name, size) == 0
+
+
+cdef inline bint _first(unsigned int* seen, int field) noexcept nogil:
+    # False for a field's second appearance in one object (msgspec keeps the last: declined).
+    if seen[0] & (1u << field):
+        return False
+    seen[0] |= 1u << field
+    return True
+
+
+cdef Py_ssize_t _hashtag(
+    const unsigned char* p, Py_ssize_t n, Py_ssize_t i, int depth, _ScanTweet* t
+) noexcept nogil:
+    cdef Py_ssize_t key[2]
+    cdef bint escaped, more
+    cdef unsigned int seen = 0
+    cdef _Span tag, text
+    if p[i] != 123 or depth >= _SCAN_DEPTH:
+        return -1
+    tag.start = text.start = -1
+    i = _ws(p, i + 1)
+    if p[i] != 125:
+        while True:
+            i = _key(p, n, i, key, &escaped)
+            if i < 0 or escaped:
+                return -1
+            if _named(p, key, "tag", 3):
+                i = _text(p, n, i, &tag) if _first(&seen, 0) else -1
+            elif _named(p, key, "text", 4):
+                i = _text(p, n, i, &text) if _first(&seen, 1) else -1
+            else:
+                i = _skip_value(p, n, i, depth + 1)
+            if i < 0:
+                return -1
+            i = _next_member(p, i, 125, &more)
+            if i < 0 or not more:
+                break
+        if i < 0:
+            return -1
+    else:
+        i += 1
+    # `tag or text`, and only a non-empty one counts.
+    if tag.start >= 0 and tag.end > tag.start:
+        text = tag
+    if text.start >= 0 and text.end > text.start:
+        if t.ntags == _SCAN_TAGS:
+            return -1
+        t.tags[t.ntags] = text
+        t.ntags += 1
+    return i
+
+
+cdef Py_ssize_t _entities(
+    const unsigned char* p, Py_ssize_t n, Py_ssize_t i, int depth, _ScanTweet* t
+) noexcept nogil:
+    cdef Py_ssize_t key[2]
+    cdef bint escaped, more
+    cdef unsigned int seen = 0
+    if p[i] != 123 or depth >= _SCAN_DEPTH:
+        return -1
+    t.entities = True
+    i = _ws(p, i + 1)
+    if p[i] == 125:
+        return i + 1
+    while True:
+        i = _key(p, n, i, key, &escaped)
+        if i < 0 or escaped:
+            return -1
+        if _named(p, key, "hashtags", 8):
+            if not _first(&seen, 0) or p[i] != 91 or depth + 1 >= _SCAN_DEPTH:
+                return -1
+            i = _ws(p, i + 1)
+            if p[i] == 93:
+                i += 1
+            else:
+                while True:
+                    i = _hashtag(p, n, i, depth + 2, t)
+                    if i < 0:
+                        return -1
+                    i = _next_member(p, i, 93, &more)
+                    if i < 0 or not more:
+                        break
+        else:
+            i = _skip_value(p, n, i, depth + 1)
+        if i < 0:
+            return -1
+        i = _next_member(p, i, 125, &more)
+        if i < 0 or not more:
+            return i
+
+
+cdef Py_ssize_t _reference(
+    const unsigned char* p, Py_ssize_t n, Py_ssize_t i, int depth, _ScanTweet* t
+) noexcept nogil:
+    cdef Py_ssize_t key[2]
+    cdef bint escaped, more
+    cdef unsigned int seen = 0
+    cdef _Span kind, ref
+    if p[i] != 123 or depth >= _SCAN_DEPTH:
+        return -1
+    kind.start = ref.start = -1
+    i = _ws(p, i + 1)
+    if p[i] == 125:
+        i += 1
+    else:
+        while True:
+            i = _key(p, n, i, key, &escaped)
+            if i < 0 or escaped:
+                return -1
+            if _named(p, key, "type", 4):
+                i = _text(p, n, i, &kind) if _first(&seen, 0) else -1
+            elif _named(p, key, "id", 2):
+                i = _text(p, n, i, &ref) if _first(&seen, 1) else -1
+            else:
+                i = _skip_value(p, n, i, depth + 1)
+            if i < 0:
+                return -1
+            i = _next_member(p, i, 125, &more)
+            if i < 0 or not more:
+                break
+        if i < 0:
+            return -1
+    if not t.retweet and kind.start >= 0 and _named(p, &kind.start, "retweeted", 9):
+        t.retweet = True
+        if ref.start < 0:
+            ref.start = ref.end = 0  # the default id, ""
+        t.ref_id = ref
+    return i
+
+
+cdef Py_ssize_t _tweet(
+    const unsigned char* p, Py_ssize_t n, Py_ssize_t i, int depth, _ScanTweet* t
+) noexcept nogil:
+    # A tweet object (data, or one of includes.tweets).
+    cdef Py_ssize_t key[2]
+    cdef bint escaped, more
+    cdef unsigned int seen = 0
+    if p[i] != 123 or depth >= _SCAN_DEPTH:
+        return -1
+    t.id.start = t.text.start = t.created.start = t.author.start = t.ref_id.start = -1
+    t.retweet = t.entities = False
+    t.ntags = 0
+    i = _ws(p, i + 1)
+    if p[i] == 125:
+        return i + 1
+    while True:
+        i = _key(p, n, i, key, &escaped)
+        if i < 0 or escaped:
+            return -1
+        if _named(p, key, "id", 2):
+            i = _text(p, n, i, &t.id) if _first(&seen, 0) else -1
+        elif _named(p, key, "text", 4):
+            i = _text(p, n, i, &t.text) if _first(&seen, 1) else -1
+        elif _named(p, key, "created_at", 10):
+            i = _text(p, n, i, &t.created) if _first(&seen, 2) else -1
+        elif _named(p, key, "author_id", 9):
+            i = _text(p, n, i, &t.author) if _first(&seen, 3) else -1
+        elif _named(p, key, "entities", 8):
+            i = _entities(p, n, i, depth + 1, t) if _first(&seen, 4) else -1
+        elif _named(p, key, "referenced_tweets", 17):
+            if not _first(&seen, 5) or p[i] != 91 or depth + 1 >= _SCAN_DEPTH:
+                return -1
+            i = _ws(p, i + 1)
+            if p[i] == 93:
+                i += 1
+            else:
+                while True:
+                    i = _reference(p, n, i, depth + 2, t)
+                    if i < 0:
+                        return -1
+                    i = _next_member(p, i, 93, &more)
+                    if i < 0 or not more:
+                        break
+        elif _named(p, key, "note_tweet", 10):
+            return -1  # a long post: formats.x reads its note
+        else:
+            i = _skip_value(p, n, i, depth + 1)
+        if i < 0:
+            return -1
+        i = _next_member(p, i, 125, &more)
+        if i < 0 or not more:
+            return i
+
+
+cdef Py_ssize_t _includes(
+    const unsigned char* p, Py_ssize_t n, Py_ssize_t i, _Scan* scan
+) noexcept nogil:
+    cdef Py_ssize_t key[2]
+    cdef bint escaped, more
+    cdef unsigned int seen = 0
+    if p[i] != 123:
+        return -1
+    i = _ws(p, i + 1)
+    if p[i] == 125:
+        return i + 1
+    while True:
+        i = _key(p, n, i, key, &escaped)
+        if i < 0 or escaped:
+            return -1
+        if _named(p, key, "tweets", 6):
+            if not _first(&seen, 0) or p[i] != 91:
+                return -1
+            i = _ws(p, i + 1)
+            if p[i] == 93:
+                i += 1
+            else:
+                while True:
+                    if scan.nincluded == _SCAN_INCLUDED:
+                        return -1
+                    i = _tweet(p, n, i, 3, &scan.included[scan.nincluded])
+                    if i < 0:
+                        return -1
+                    scan.nincluded += 1
+                    i = _next_member(p, i, 93, &more)
+                    if i < 0 or not more:
+                        break
+        else:
+            i = _skip_value(p, n, i, 2)
+        if i < 0:
+            return -1
+        i = _next_member(p, i, 125, &more)
+        if i < 0 or not more:
+            return i
+
+
+cdef bint _envelope_field(const unsigned char* p, const Py_ssize_t* key) noexcept nogil:
+    # A top-level field of formats.x._Envelope other than data and includes (v1.1, notices).
+    cdef int k
+    for k in range(_ENVELOPE_COUNT):
+        if _named(p, key, _ENVELOPE[k], strlen(_ENVELOPE[k])):
+            return True
+    return False
+
+
+cdef bint _scan_x(const unsigned char* p, Py_ssize_t n, _Scan* scan) noexcept nogil:
+    """Scan one line (p[n] must be readable: bytes end with a NUL). False: declined."""
+    cdef Py_ssize_t key[2]
+    cdef Py_ssize_t i
+    cdef bint escaped, more, has_data = False
+    cdef unsigned int seen = 0
+    scan.nincluded = 0
+    i = _ws(p, 0)
+    if p[i] != 123:
+        return False
+    i = _ws(p, i + 1)
+    if p[i] == 125:
+        return False  # no data
+    while True:
+        i = _key(p, n, i, key, &escaped)
+        if i < 0 or escaped:
+            return False
+        if _named(p, key, "data", 4):
+            if not _first(&seen, 0):
+                return False
+            has_data = True
+            i = _tweet(p, n, i, 1, &scan.data)
+        elif _named(p, key, "includes", 8):
+            i = _includes(p, n, i, scan) if _first(&seen, 1) else -1
+        elif _envelope_field(p, key):
+            return False
+        else:
+            i = _skip_value(p, n, i, 1)
+        if i < 0:
+            return False
+        i = _next_member(p, i, 125, &more)
+        if i < 0:
+            return False
+        if not more:
+            break
+    return has_data and _ws(p, i) == n
+
+
+def scan_x(bytes line):
+    """What the scanner reads from an X line, for tests: ``None`` where it declines, else
+    ``(data, included)``: dicts of the fields it read (absent ones left out) and the hashtags."""
+    cdef _Scan scan
+    cdef const unsigned char* p = line
+    if not _scan_x(p, len(line), &scan):
+        return None
+    return _scanned_dict(line, &scan.data), [
+        _scanned_dict(line, &scan.included[k]) for k in range(scan.nincluded)
+    ]
+
+
+cdef dict _scanned_dict(bytes line, _ScanTweet* t):
+    out = {}
+    for name, span in (
+        ("id", t.id), ("text", t.text), ("created_at", t.created), ("author_id", t.author)
+    ):
+        if span.start >= 0:
+            out[name] = line[span.start:span.end].decode()
+    if t.retweet:
+        out["retweeted"] = line[t.ref_id.start:t.ref_id.end].decode()
+    if t.entities:
+        out["hashtags"] = [line[s.start:s.end].decode() for s in t.tags[:t.ntags]]
+    return out
+
