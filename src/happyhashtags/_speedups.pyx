@@ -56,8 +56,16 @@ cdef extern from *:
         return hh_hash((const unsigned char*) PyUnicode_DATA(s),
                        PyUnicode_GET_LENGTH(s) * PyUnicode_KIND(s), PyUnicode_KIND(s));
     }
+
+    /* A hint that `p` will be read soon (GCC and Clang; elsewhere nothing). */
+    #if defined(__GNUC__)
+    #define hh_prefetch(p) __builtin_prefetch(p)
+    #else
+    #define hh_prefetch(p) ((void) 0)
+    #endif
     """
     uint64_t hh_mix(uint64_t x) nogil
+    void hh_prefetch(const void* p) nogil
     uint64_t hh_hash(const unsigned char* p, Py_ssize_t n, unsigned int kind) nogil
     uint64_t hh_str_hash(object s)
 

@@ -237,22 +237,23 @@ cdef class _Tally:
         self.counted += 1
         return 0
 
-    cdef int add_scanned(
-        self, bytes line, _ScanTweet* data, _ScanTweet* source, double event_time
-    ) except -1:
-        # `add` for a line `_scan_x` read: the post's id and author from `data`, its text and
-        # hashtags from `source` (data, or the original of a retweet).
+    cdef int add_scanned(self, bytes line, _Held* held) except -1:
+        # `add` for a line `_scan_x` read: the post's id and author from its data tweet, its
+        # text and hashtags from its source (data, or the original of a retweet).
         cdef const unsigned char* p = line
+        cdef _ScanTweet* data = &held.scan.data
+        cdef _ScanTweet* source = _scanned_source(p, &held.scan)
         cdef const unsigned char* text = p + source.text.start
         cdef Py_ssize_t size = source.text.end - source.text.start
-        cdef uint64_t key, a = 0
+        cdef double event_time = held.event_time
+        cdef uint64_t a = held.author
         cdef bint sessions, fresh
         cdef list keys
         cdef int k
         self.seen += 1
         if data.id.start >= 0:
-            if _digit_key(p + data.id.start, data.id.end - data.id.start, &key):
-                fresh = self.ids._add_key(key)
+            if held.id_digits:
+                fresh = self.ids._add_key(held.id_key)
             else:
                 fresh = self.ids.add(_span_str(p, data.id))
             if not fresh:
@@ -264,8 +265,6 @@ cdef class _Tally:
         if source.text.start < 0:
             text, size = p, 0  # the default text, ""
         sessions = self.sessions is not None and data.author.start >= 0
-        if sessions:
-            a = _span_hash(p, data.author)
         if source.ntags:
             keys = self.keybuf
             del keys[:]
@@ -314,6 +313,72 @@ def add_posts(counter, posts):
         tally.finish()
 
 
+cdef class _Ahead:
+    """Scanned lines on their way to `_Tally.add_scanned`, counted in order, `_AHEAD` lines
+    after they were scanned. Counting a line mostly waits on memory: its id's slot among a
+    million, its author's index slot, session and hashtags (tables larger than the caches).
+    Each line scanned after it prefetches one more of those, so by its turn they are cached."""
+
+    cdef _Held* held        # a ring of _AHEAD + 1
+    cdef list lines         # the line each held scan points into
+    cdef Py_ssize_t head, size
+    cdef _Tally tally
+
+    def __cinit__(self, _Tally tally):
+        self.held = <_Held*> malloc((_AHEAD + 1) * sizeof(_Held))
+        if self.held == NULL:
+            raise MemoryError()
+        self.lines = [None] * (_AHEAD + 1)
+        self.head = self.size = 0
+        self.tally = tally
+
+    def __dealloc__(self):
+        free(self.held)
+
+    cdef inline _Held* next_slot(self) noexcept:
+        # Where to scan the next line (held only once `push` says so).
+        return &self.held[(self.head + self.size) % (_AHEAD + 1)]
+
+    cdef int push(self, bytes line, double event_time) except -1:
+        # Hold the line scanned into next_slot(); count the oldest once _AHEAD are waiting.
+        cdef Py_ssize_t at = (self.head + self.size) % (_AHEAD + 1), age
+        cdef _Held* held = &self.held[at]
+        cdef const unsigned char* p = line
+        cdef _Span span = held.scan.data.id
+        cdef SessionTable sessions = self.tally.sessions
+        held.event_time = event_time
+        held.id_digits = span.start >= 0 and _digit_key(p + span.start, span.end - span.start, &held.id_key)
+        if held.id_digits:
+            self.tally.ids._prefetch(held.id_key)
+        if held.scan.data.author.start >= 0:
+            held.author = _span_hash(p, held.scan.data.author)
+            if sessions is not None:
+                sessions._prefetch(held.author, 0)
+        self.lines[at] = line
+        self.size += 1
+        if sessions is not None:
+            for age in range(1, min(self.size, 3)):  # the next step for the older ones
+                held = &self.held[(at + _AHEAD + 1 - age) % (_AHEAD + 1)]
+                if held.scan.data.author.start >= 0:
+                    sessions._prefetch(held.author, age)
+        if self.size > _AHEAD:
+            self.count_oldest()
+        return 0
+
+    cdef int count_oldest(self) except -1:
+        cdef Py_ssize_t at = self.head
+        line = self.lines[at]
+        self.lines[at] = None
+        self.head = (at + 1) % (_AHEAD + 1)
+        self.size -= 1
+        return self.tally.add_scanned(<bytes> line, &self.held[at])
+
+    cdef int drain(self) except -1:
+        while self.size:
+            self.count_oldest()
+        return 0
+
+
 def count_x_lines(counter, lines, double received_at):
     """``formats.x.py_count_x_lines`` compiled: decode X lines and count their posts in one
     pass, without building a `Post` for the common shapes (an original post, a reply, a quote
@@ -333,22 +398,23 @@ def count_x_lines(counter, lines, double received_at):
     item_of = _x._item_of
     DecodeError = _x.DecodeError
     Post = _Post
-    cdef _Scan* scan = <_Scan*> malloc(sizeof(_Scan))
-    cdef _ScanTweet* scanned
-    if scan == NULL:
-        raise MemoryError()
+    cdef _Ahead ahead = _Ahead(tally)
+    cdef _Held* held
     try:
         for line in lines:
             index += 1
-            if type(line) is bytes and _scan_x(<bytes> line, len(<bytes> line), scan):
+            if type(line) is bytes:
                 # The common message, read without msgspec (which reads any line declined).
-                scanned = _scanned_source(<bytes> line, scan)
-                if _scanned_time(<bytes> line, &scan.data, &event_time, received_at):
+                held = ahead.next_slot()
+                if _scan_x(<bytes> line, len(<bytes> line), &held.scan) and _scanned_time(
+                    <bytes> line, &held.scan.data, &event_time, received_at
+                ):
                     if event_time > latest:
                         event_time = received_at
                     posts += 1
-                    tally.add_scanned(<bytes> line, &scan.data, scanned, event_time)
+                    ahead.push(<bytes> line, event_time)
                     continue
+            ahead.drain()  # the lines before this one first
             try:
                 message = decode(line)
             except _MsgspecError:
@@ -385,8 +451,8 @@ def count_x_lines(counter, lines, double received_at):
             else:
                 reason = item.reason
                 skipped[reason] = skipped.get(reason, 0) + 1
+        ahead.drain()
     finally:
-        free(scan)
         tally.finish()
     return posts, skipped, rejects
 

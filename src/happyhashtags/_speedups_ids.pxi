@@ -110,6 +110,10 @@ cdef class IdRing:
             i = j
         self._table[i] = 0
 
+    cdef inline void _prefetch(self, uint64_t key) noexcept:
+        # `key`'s slot, which `_add_key` reads first.
+        hh_prefetch(&self._table[hh_mix(key) & self._mask])
+
     cdef bint _add_key(self, uint64_t key) except -1:
         cdef Py_ssize_t size
         if self._contains(key):

@@ -51,6 +51,18 @@ _ENVELOPE[:] = [
 ]
 
 
+cdef enum:
+    _AHEAD = 3  # scanned lines held back before they are counted (see _Ahead)
+
+
+ctypedef struct _Held:
+    _Scan scan
+    double event_time
+    uint64_t author     # hh_str_hash of data's author_id (where there is one)
+    uint64_t id_key     # IdRing's key of data's id, where `id_digits`
+    bint id_digits
+
+
 # 1 for a byte a string may hold as it is (not a quote, a backslash or a control character).
 cdef unsigned char _PLAIN[256]
 for _c in range(256):
