@@ -43,6 +43,11 @@ _JSON = st.recursive(
 # ensure_ascii) it declines.
 _STRINGS = st.sampled_from(
     ["1", "42", "", "x", "#tag", "é", "😀 :)", "\u2028", "\x7f", "1", "42", "t", "a\nb", 'q"']
+) | st.builds(  # long ones, read 16 bytes at a time, with one odd character somewhere
+    lambda before, odd, after: "a" * before + odd + "b" * after,
+    st.integers(0, 40),
+    st.sampled_from(["", "", "", " ", "é", "😀", '"', "\\", "\n", "\x1f"]),
+    st.integers(0, 40),
 )
 _TWEET_FIELDS = ["id", "text", "created_at", "author_id", "entities", "referenced_tweets"]
 
@@ -182,3 +187,35 @@ def test_the_scanner_reads_the_demo_stream_and_declines_the_unusual() -> None:
         b'{"data":{"entities":{"hashtags":[' + b",".join([b'{"tag":"t"}'] * 33) + b"]}}}",
     ]:
         assert scan_x(unusual) is None, unusual
+
+
+@pytest.mark.parametrize("at", range(0, 40, 3))
+@pytest.mark.parametrize(
+    ("inside", "read"),
+    [
+        (b"\x01", False),  # a raw control character: not JSON
+        (b"\x00", False),
+        (b"\\u0041", True),  # escapes: fine in a skipped string ...
+        (b'\\"', True),
+        (b"\\x", False),  # ... where they are valid
+        (b"\xc3\xa9", True),
+        (b"\x7f", True),
+    ],
+)
+def test_every_byte_of_a_long_string_is_checked(at: int, inside: bytes, read: bool) -> None:
+    # Long strings are scanned sixteen bytes at a time: a stop byte at any offset must count.
+    value = b"a" * at + inside + b"b" * (40 - at)
+    skipped = b'{"data":{"id":"1","lang":"' + value + b'"}}'
+    assert (scan_x(skipped) is not None) is read
+    assert _msgspec_reads(skipped) is read
+    text = b'{"data":{"id":"1","text":"' + value + b'"}}'
+    escaped = b"\\" in inside
+    assert (scan_x(text) is not None) is (read and not escaped)  # escaped text: msgspec's
+
+
+def _msgspec_reads(line: bytes) -> bool:
+    try:
+        x._decoder.decode(line)
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        return False
+    return True

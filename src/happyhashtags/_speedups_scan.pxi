@@ -63,10 +63,35 @@ ctypedef struct _Held:
     bint id_digits
 
 
-# 1 for a byte a string may hold as it is (not a quote, a backslash or a control character).
-cdef unsigned char _PLAIN[256]
-for _c in range(256):
-    _PLAIN[_c] = _c >= 0x20 and _c != 34 and _c != 92
+cdef extern from *:
+    """
+    #if defined(__SSE2__)
+    #include <emmintrin.h>
+    #endif
+    /* The index of the first byte at or after i that a string cannot hold as it is (a quote, a
+       backslash or a control character), or n. Sixteen bytes at a time where SSE2 is there
+       (every x86-64), never reading past p[n - 1]. */
+    static Py_ssize_t hh_plain_run(const unsigned char* p, Py_ssize_t i, Py_ssize_t n) {
+    #if defined(__SSE2__)
+        const __m128i quote = _mm_set1_epi8(34), backslash = _mm_set1_epi8(92);
+        const __m128i control = _mm_set1_epi8(0x1F);
+        while (i + 16 <= n) {
+            __m128i v = _mm_loadu_si128((const __m128i*) (p + i));
+            __m128i stop = _mm_or_si128(
+                _mm_or_si128(_mm_cmpeq_epi8(v, quote), _mm_cmpeq_epi8(v, backslash)),
+                _mm_cmpeq_epi8(_mm_max_epu8(v, control), control));  /* v <= 0x1F */
+            int mask = _mm_movemask_epi8(stop);
+            if (mask)
+                return i + __builtin_ctz((unsigned int) mask);
+            i += 16;
+        }
+    #endif
+        while (i < n && p[i] >= 0x20 && p[i] != 34 && p[i] != 92)  /* " and \\ */
+            i++;
+        return i;
+    }
+    """
+    Py_ssize_t hh_plain_run(const unsigned char* p, Py_ssize_t i, Py_ssize_t n) nogil
 
 
 cdef inline Py_ssize_t _ws(const unsigned char* p, Py_ssize_t i) noexcept nogil:
@@ -95,8 +120,7 @@ cdef Py_ssize_t _string_end(
     cdef int k, d, code
     i += 1
     while True:
-        while _PLAIN[p[i]]:
-            i += 1
+        i = hh_plain_run(p, i, n)
         c = p[i]
         if c == 34:
             return i if i < n else -1
