@@ -67,6 +67,25 @@ def test_many_cells_and_unicode_hashtags_round_trip(store: Store) -> None:
     assert all(stored[(_utc(b), h)] == (2 * t, 2 * y) for (b, h), (t, y) in counts.items())
 
 
+def test_extreme_buckets_and_odd_hashtags_round_trip_exactly(store: Store) -> None:
+    # Postgres gets the cells as JSON and makes the times itself: every bucket a datetime can
+    # hold, and any text JSON must escape, must come back as written.
+    first = int(datetime(1, 1, 1, tzinfo=UTC).timestamp())
+    last = int(datetime(9999, 12, 31, 23, tzinfo=UTC).timestamp())
+    hashtags = ['quote"d', "back\\slash", "new\nline", "\u2028", "tab\t", "😀", "ǅ", "'"]
+    counts: Counts = {
+        (bucket, tag): [i + 1, i]
+        for i, (bucket, tag) in enumerate(
+            (b, t) for b in (first, -H, 0, T0 + 1, last) for t in hashtags
+        )
+    }
+    store.write(counts)
+    assert store.counts() == {
+        (datetime(1970, 1, 1, tzinfo=UTC) + timedelta(seconds=b), t): (n, y)
+        for (b, t), (n, y) in counts.items()
+    }
+
+
 def test_dead_letters_keep_a_capped_raw_line(store: Store) -> None:
     long_raw = b'{"data": ' + b"x" * (RAW_CAP * 2) + b"\x00\xff"
     store.write(
