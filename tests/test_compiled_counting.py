@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import math
 import pickle
+import zlib
 
 import msgspec
 import pytest
@@ -28,7 +29,7 @@ from happyhashtags.sessions import PySessionTracker
 from services import IN_CI
 
 if COMPILED:
-    from happyhashtags._speedups import add_posts, x_author_key
+    from happyhashtags._speedups import add_posts, x_author_key, x_partition
     from happyhashtags._speedups import count_x_lines as compiled_count_x_lines
 elif IN_CI:
     pytest.fail("happyhashtags._speedups is not built", pytrace=False)
@@ -288,6 +289,24 @@ def test_the_author_key_scan_agrees_with_the_decoding_probe(line: bytes) -> None
         expected = x._probe_key(line)
         assert scanned in (None, expected)
         assert x.partition_key_x(line) == expected
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    lines=st.lists(
+        st.one_of(_keyed_line(), _keyed_line().map(bytearray), st.binary(max_size=8)), max_size=8
+    ),
+    table=st.binary(min_size=1, max_size=20),
+)
+def test_the_compiled_partitioner_spreads_lines_as_the_partition_key_does(
+    lines: list[bytes], table: bytes
+) -> None:
+    # zlib's CRC-32 of each line's partition key picks its part, computed in C where the
+    # author scan reads the key, and of the probe's key elsewhere.
+    expected = bytes(table[zlib.crc32(x.partition_key_x(line)) % len(table)] for line in lines)
+    assert x_partition(lines, table, x.partition_key_x) == expected
+    assert x.partition_x_lines(lines, table) == expected
+    assert x._py_partition(lines, table, x.partition_key_x) == expected
 
 
 def test_the_author_key_scan_reads_the_usual_message() -> None:

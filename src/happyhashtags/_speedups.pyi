@@ -1,5 +1,5 @@
 from array import array
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 from happyhashtags.aggregate import PostCounter
 from happyhashtags.errors import DecodeError
@@ -51,4 +51,7 @@ def count_x_lines(
     counter: PostCounter, lines: Sequence[bytes], received_at: float
 ) -> tuple[int, dict[str, int], list[tuple[int, DecodeError]]]: ...
 def x_author_key(line: bytes) -> bytes | None: ...
+def x_partition(
+    lines: Sequence[bytes], table: bytes, fallback: Callable[[bytes], bytes]
+) -> bytes: ...
 def scan_x(line: bytes) -> tuple[dict[str, object], list[dict[str, object]]] | None: ...

@@ -103,8 +103,66 @@ def x_author_key(bytes line):
     without decoding it: what ``formats.x.partition_key_x`` returns for the line, or None
     where this scan cannot be sure (not a v2 message, an escape in a key or in the value,
     deep nesting, broken JSON), and the decoder must read it."""
-    cdef const unsigned char* p = line
-    cdef Py_ssize_t n = len(line), i = 0, j, k, start
+    cdef Py_ssize_t at, end
+    if not _author_span(line, len(line), &at, &end):
+        return None
+    return line[at:end]
+
+
+cdef class _CRC:
+    # zlib's CRC-32 (the reflected polynomial 0xEDB88320), one table lookup per byte.
+    cdef uint32_t table[256]
+
+    def __cinit__(self):
+        cdef uint32_t c
+        cdef int i, k
+        for i in range(256):
+            c = i
+            for k in range(8):
+                c = (0xEDB88320 ^ (c >> 1)) if c & 1 else (c >> 1)
+            self.table[i] = c
+
+    cdef inline uint32_t of(self, const unsigned char* p, Py_ssize_t n) noexcept:
+        cdef uint32_t c = 0xFFFFFFFF
+        cdef Py_ssize_t i
+        for i in range(n):
+            c = self.table[(c ^ p[i]) & 0xFF] ^ (c >> 8)
+        return c ^ 0xFFFFFFFF
+
+
+cdef _CRC _crc = _CRC()
+
+
+def x_partition(lines, bytes table, fallback):
+    """For each X line, ``table[zlib.crc32(partition_key_x(line)) % len(table)]``, as bytes:
+    the part (a process, a share) its partition key sends it to. The key is read with
+    `x_author_key`'s scan; `fallback` (``formats.x.partition_key_x``) reads the lines the scan
+    declines."""
+    cdef Py_ssize_t m = len(table), i = 0, at, end
+    cdef const unsigned char* slots = table
+    cdef bytearray out = bytearray(len(lines))
+    cdef unsigned char* parts = out
+    cdef uint32_t crc
+    cdef bytes key
+    if m == 0:
+        raise ValueError("the table of parts is empty")
+    for line in lines:
+        if type(line) is bytes and _author_span(<bytes> line, len(<bytes> line), &at, &end):
+            crc = _crc.of(<const unsigned char*> (<bytes> line) + at, end - at)
+        else:
+            found = fallback(line)
+            key = found if type(found) is bytes else bytes(found)  # a bytearray line, say
+            crc = _crc.of(key, len(key))
+        parts[i] = slots[crc % m]
+        i += 1
+    return bytes(out)
+
+
+cdef bint _author_span(
+    const unsigned char* p, Py_ssize_t n, Py_ssize_t* author_at_out, Py_ssize_t* author_end_out
+) noexcept:
+    # x_author_key's scan: the key at p[at:end], or False where it declines.
+    cdef Py_ssize_t i = 0, j, k, start
     cdef const unsigned char* found
     cdef int depth = 0, key = _K_OTHER
     cdef unsigned char[_MAX_DEPTH] is_object
@@ -117,13 +175,13 @@ def x_author_key(bytes line):
             i += 1
             continue
         if closed:
-            return None  # something after the top-level object
+            return False  # something after the top-level object
         if c == 34:  # a string: a key or a value
             start = j = i + 1
             while True:  # to the closing quote: one not escaped by an odd run of backslashes
                 found = <const unsigned char*> memchr(p + j, 34, n - j)
                 if found == NULL:
-                    return None
+                    return False
                 j = found - p
                 k = j
                 while k > start and p[k - 1] == 92:
@@ -133,7 +191,7 @@ def x_author_key(bytes line):
                 j += 1
             if expect_key:
                 if depth <= 2 and memchr(p + start, 92, j - start) != NULL:
-                    return None  # "\u0064ata" is "data" to a decoder
+                    return False  # "\u0064ata" is "data" to a decoder
                 if depth == 1:
                     key = _K_DATA if _is(p + start, j - start, "data", 4) else _K_OTHER
                 elif depth == 2 and in_data:
@@ -148,10 +206,10 @@ def x_author_key(bytes line):
                 expect_key = False
             else:
                 if depth == 1 and key == _K_DATA:
-                    return None  # data that is not an object
+                    return False  # data that is not an object
                 if key == _K_AUTHOR or key == _K_ID:
                     if memchr(p + start, 92, j - start) != NULL:
-                        return None
+                        return False
                     if key == _K_AUTHOR:
                         author_at, author_end = start, j
                     else:
@@ -161,24 +219,24 @@ def x_author_key(bytes line):
             continue
         if c == 123 or c == 91:  # { or [
             if depth >= _MAX_DEPTH:
-                return None
+                return False
             if depth == 0 and c != 123:
-                return None
+                return False
             if depth == 1 and key == _K_DATA:
                 if c != 123:
-                    return None
+                    return False
                 # The last "data" key wins, as in the decoder.
                 in_data = data_object = True
                 author_at = author_end = id_at = id_end = -1
             elif depth == 2 and in_data and key != _K_OTHER:
-                return None  # an author_id or id that is not a string
+                return False  # an author_id or id that is not a string
             is_object[depth] = c == 123
             depth += 1
             expect_key = c == 123
             key = _K_OTHER
         elif c == 125 or c == 93:  # } or ]
             if depth == 0 or is_object[depth - 1] != (c == 125):
-                return None
+                return False
             depth -= 1
             if depth == 1:
                 in_data = False
@@ -187,25 +245,27 @@ def x_author_key(bytes line):
             expect_key = False
         elif c == 44:  # ,
             if depth == 0:
-                return None
+                return False
             expect_key = is_object[depth - 1]
             key = _K_OTHER
         elif c == 58:  # :
             if depth == 0:
-                return None
+                return False
         else:  # a number or a literal
             if depth == 0:
-                return None
+                return False
             if depth == 1 and key == _K_DATA:
-                return None  # data: null (or worse): the decoder decides
+                return False  # data: null (or worse): the decoder decides
             if depth == 2 and in_data and key != _K_OTHER:
-                return None
+                return False
             key = _K_OTHER
         i += 1
     if not closed or not data_object:
-        return None
+        return False
     if author_end > author_at:
-        return line[author_at:author_end]
+        author_at_out[0], author_end_out[0] = author_at, author_end
+        return True
     if id_end > id_at:
-        return line[id_at:id_end]
-    return None
+        author_at_out[0], author_end_out[0] = id_at, id_end
+        return True
+    return False

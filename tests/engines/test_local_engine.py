@@ -297,6 +297,19 @@ def test_engines_counting_the_shares_of_a_stream_count_it_once_between_them(
     store.close()
 
 
+def test_a_share_selects_a_batch_as_its_owner_decides_each_line() -> None:
+    # LocalEngine asks for a whole batch at once (compiled for X); the line-by-line owner
+    # defines the answer, and every line belongs to exactly one share.
+    lines = crafted_stream(5, 400, authors=30, ids=10**6, timeless=False)
+    selected = []
+    for index in range(3):
+        share = Share(index, 3)
+        owned = share.owner("x")
+        selected.append(share.selector("x")(lines))
+        assert selected[-1] == bytes([owned(line) for line in lines])
+    assert all(sum(flags) == 1 for flags in zip(*selected, strict=True))
+
+
 def test_a_share_outside_its_count_is_refused() -> None:
     with pytest.raises(ValueError, match="share 2 of 2 does not exist"):
         Share(2, 2)

@@ -11,7 +11,14 @@ import pytest
 from happyhashtags import formats
 from happyhashtags.aggregate import PostCounter
 from happyhashtags.errors import DecodeError
-from happyhashtags.formats import get_decoder, get_line_counter, get_partition_key, register_decoder
+from happyhashtags.formats import (
+    KeyPartitioner,
+    get_decoder,
+    get_line_counter,
+    get_partition_key,
+    get_partitioner,
+    register_decoder,
+)
 from happyhashtags.formats.x import (
     FUTURE_TOLERANCE,
     count_x_lines,
@@ -19,6 +26,7 @@ from happyhashtags.formats.x import (
     parse_v1_time,
     parse_v2_time,
     partition_key_x,
+    partition_x_lines,
 )
 from happyhashtags.model import Post, Skipped
 from reference import Dead, decode_reference, parse_created_at
@@ -366,6 +374,7 @@ def test_the_registry_names_the_x_decoder() -> None:
     assert get_decoder("x") is decode_x
     assert get_line_counter("x") is count_x_lines
     assert get_partition_key("x") is partition_key_x
+    assert get_partitioner("x") is partition_x_lines
 
 
 def test_a_decoder_registered_over_x_takes_its_line_counter_and_key_with_it(
@@ -373,12 +382,13 @@ def test_a_decoder_registered_over_x_takes_its_line_counter_and_key_with_it(
 ) -> None:
     # The line counter and the partition key follow the built-in decoder's rules: a decoder
     # registered in its place must not be bypassed by them.
-    for registry in ("_DECODERS", "_LINE_COUNTERS", "_PARTITION_KEYS"):
+    for registry in ("_DECODERS", "_LINE_COUNTERS", "_PARTITION_KEYS", "_PARTITIONERS"):
         monkeypatch.setattr(formats, registry, dict(getattr(formats, registry)))
     register_decoder("x", "happyhashtags.formats.bluesky:decode_bluesky")
     assert get_decoder("x").__name__ == "decode_bluesky"
     assert get_line_counter("x") is None
     assert get_partition_key("x") is not partition_key_x
+    assert isinstance(get_partitioner("x"), KeyPartitioner)
 
 
 @pytest.mark.parametrize("ahead", [FUTURE_TOLERANCE - 1, FUTURE_TOLERANCE + 1, 80 * 365 * 86400])

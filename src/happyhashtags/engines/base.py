@@ -6,12 +6,12 @@ import gc
 import logging
 import threading
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from types import FrameType
 
-from happyhashtags.formats import get_partition_key
+from happyhashtags.formats import get_partition_key, get_partitioner
 from happyhashtags.sources.base import Batch, Source
 
 __all__ = ["Share", "StoppableEngine", "fewer_collections"]
@@ -49,6 +49,13 @@ class Share:
             return crc32(key(line)) % count == index
 
         return owned
+
+    def selector(self, fmt: str) -> Callable[[Sequence[bytes]], bytes]:
+        """`owner` for a batch at once: one byte per line, 1 where it belongs to this share
+        (with the format's `Partitioner`, compiled for X)."""
+        partition = get_partitioner(fmt)
+        table = bytes([i == self.index for i in range(self.count)])
+        return lambda lines: partition(lines, table)
 
 
 class StoppableEngine:

@@ -100,7 +100,7 @@ class LocalEngine(StoppableEngine):
     ) -> None:
         super().__init__(source=source)
         self.share = share
-        self._owned = None if share is None else share.owner(source.format)
+        self._select = None if share is None else share.selector(source.format)
         self.counter = counter
         self.store = store
         self.limit = limit
@@ -187,8 +187,8 @@ class LocalEngine(StoppableEngine):
         """The format decodes and counts the batch (this share's lines) in one call; returns
         the lines done: all of them."""
         lines = batch.lines
-        owned = self._owned
-        offsets = None if owned is None else [i for i, line in enumerate(lines) if owned(line)]
+        select = self._select
+        offsets = None if select is None else [i for i, own in enumerate(select(lines)) if own]
         mine = lines if offsets is None else [lines[i] for i in offsets]
         posts_read, skipped, rejects = count_lines(self.counter, mine, batch.received_at)
         for offset, exc in rejects:
@@ -208,11 +208,11 @@ class LocalEngine(StoppableEngine):
         received_at = batch.received_at
         posts: list[Post] = []
         keep = posts.append
-        owned = self._owned
+        owned = None if self._select is None else self._select(batch.lines)
         done = 0
         for raw in batch.lines:
             done += 1
-            if owned is not None and not owned(raw):
+            if owned is not None and not owned[done - 1]:
                 continue  # another share's
             try:
                 item = decode(raw, received_at)

@@ -1,6 +1,6 @@
 """The parallel engine: N counting processes, one of which also reads the source.
 
-The first process reads the source and routes each line by author (`formats.get_partition_key`)
+The first process reads the source and routes each line by author (`formats.get_partitioner`)
 to itself or to one of N - 1 worker processes, so each author's posts, and every copy of a post,
 reach the same process: anti-spam sessions and duplicate detection stay exact, and since counts
 only add up, the processes' upserts give the same `hashtag_counts` as one process. Every process
@@ -23,7 +23,6 @@ import queue
 import signal
 import threading
 import time
-import zlib
 from collections.abc import Iterator
 from multiprocessing.context import ForkContext, SpawnContext
 from multiprocessing.process import BaseProcess
@@ -34,7 +33,7 @@ from happyhashtags.aggregate import PostCounter
 from happyhashtags.engines.base import StoppableEngine
 from happyhashtags.engines.local import LocalEngine, ProgressCallback, RunSummary
 from happyhashtags.errors import ConfigError, HappyHashtagsError
-from happyhashtags.formats import get_partition_key
+from happyhashtags.formats import get_partitioner
 from happyhashtags.sources.base import Batch, Resumable, Source
 from happyhashtags.storage.store import Store
 
@@ -124,16 +123,15 @@ class _Router:
 
     def batches(self) -> Iterator[Batch]:
         engine = self._engine
-        key = get_partition_key(self.format)
+        partition = get_partitioner(self.format)
         inboxes = self._inboxes
         # Hash slots per process: the reader takes _READER_WEIGHT of a worker's share.
-        slots = [0] * _READER_WEIGHT + [i + 1 for i in range(len(inboxes)) for _ in range(10)]
-        n = len(slots)
-        crc32 = zlib.crc32
+        weights = [_READER_WEIGHT] + [10] * len(inboxes)
+        slots = bytes([process for process, weight in enumerate(weights) for _ in range(weight)])
         for batch in engine.source.batches():
             parts: list[list[bytes]] = [[] for _ in range(len(inboxes) + 1)]
-            for line in batch.lines:
-                parts[slots[crc32(key(line)) % n]].append(line)
+            for line, process in zip(batch.lines, partition(batch.lines, slots), strict=True):
+                parts[process].append(line)
             for inbox, part in zip(inboxes, parts[1:], strict=True):
                 # An empty batch (a quiet source) goes to every worker: it may be time to flush.
                 if part or not batch.lines:

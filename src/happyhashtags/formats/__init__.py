@@ -7,6 +7,7 @@ decoder their messages need; `get_decoder` finds it by that name.
 
 from __future__ import annotations
 
+import zlib
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -21,9 +22,11 @@ __all__ = [
     "LineCounter",
     "LinesCounted",
     "PartitionKey",
+    "Partitioner",
     "get_decoder",
     "get_line_counter",
     "get_partition_key",
+    "get_partitioner",
     "register_decoder",
 ]
 
@@ -35,6 +38,9 @@ LineCounter = Callable[["PostCounter", Sequence[bytes], float], LinesCounted]
 format's decoder and counting the posts in order (`LinesCounted`)."""
 PartitionKey = Callable[[bytes], bytes]
 """Maps a raw message to the key that must keep it with its author's other messages."""
+Partitioner = Callable[[Sequence[bytes], bytes], bytes]
+"""Spreads a batch of raw messages over parts by partition key: one byte per message,
+``table[zlib.crc32(key) % len(table)]`` (`table` maps hash slots to parts)."""
 
 _DECODERS: dict[str, str] = {
     # name -> "module:function", imported on first use so optional formats cost nothing.
@@ -54,15 +60,22 @@ _PARTITION_KEYS: dict[str, str] = {
 }
 
 
+_PARTITIONERS: dict[str, str] = {
+    # Formats that find a whole batch's parts in one call (the same as their partition key's).
+    "x": "happyhashtags.formats.x:partition_x_lines",
+}
+
+
 def register_decoder(name: str, target: str) -> None:
     """Register a decoder as ``"package.module:function"`` under `name`.
 
-    A decoder registered over a built-in one replaces its line counter and partition key too
-    (they follow the built-in decoder's rules): its lines are decoded one by one.
+    A decoder registered over a built-in one replaces its line counter, partition key and
+    partitioner too (they follow the built-in decoder's rules): its lines are decoded one by one.
     """
     _DECODERS[name] = target
     _LINE_COUNTERS.pop(name, None)
     _PARTITION_KEYS.pop(name, None)
+    _PARTITIONERS.pop(name, None)
 
 
 def get_decoder(name: str) -> Decoder:
@@ -93,6 +106,31 @@ def get_partition_key(name: str) -> PartitionKey:
         key: PartitionKey = _load(target)
         return key
     return _GenericKey(get_decoder(name))
+
+
+def get_partitioner(name: str) -> Partitioner:
+    """The partitioner of format `name`: its own where it has one, else one built on
+    `get_partition_key`."""
+    target = _PARTITIONERS.get(name)
+    if target is not None:
+        partitioner: Partitioner = _load(target)
+        return partitioner
+    return KeyPartitioner(get_partition_key(name))
+
+
+class KeyPartitioner:
+    """A `Partitioner` that calls a `PartitionKey` per line: what every partitioner does."""
+
+    __slots__ = ("_key",)
+
+    def __init__(self, key: PartitionKey) -> None:
+        self._key = key
+
+    def __call__(self, lines: Sequence[bytes], table: bytes) -> bytes:
+        if not table:
+            raise ValueError("the table of parts is empty")
+        key, crc32, size = self._key, zlib.crc32, len(table)
+        return bytes([table[crc32(key(line)) % size] for line in lines])
 
 
 class _GenericKey:

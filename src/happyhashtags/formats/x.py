@@ -16,7 +16,7 @@ import msgspec
 from happyhashtags._twins import compiled_or
 from happyhashtags.aggregate import PostCounter
 from happyhashtags.errors import DecodeError
-from happyhashtags.formats import LinesCounted
+from happyhashtags.formats import KeyPartitioner, LinesCounted, PartitionKey
 from happyhashtags.model import Post, Skipped
 
 __all__ = [
@@ -25,6 +25,7 @@ __all__ = [
     "decode_x",
     "parse_v1_time",
     "parse_v2_time",
+    "partition_x_lines",
     "py_count_x_lines",
 ]
 
@@ -360,7 +361,21 @@ def _probe_key(line: bytes) -> bytes:
     return key.encode() if key else line
 
 
+def _py_partition(lines: Sequence[bytes], table: bytes, key: PartitionKey) -> bytes:
+    """The pure-Python twin of ``_speedups.x_partition``: `key` for every line."""
+    return KeyPartitioner(key)(lines, table)
+
+
+def partition_x_lines(lines: Sequence[bytes], table: bytes) -> bytes:
+    """The X `Partitioner`: each line's part by `partition_key_x`, whose author scan runs
+    over the whole batch in one compiled call where the module is built."""
+    if not table:
+        raise ValueError("the table of parts is empty")
+    return _partition(lines, table, partition_key_x)
+
+
 # The compiled twins, where happyhashtags._speedups is built; each twin above defines them.
 _x_time = compiled_or("parse_x_time", _no_fast_time)
 _author_key = compiled_or("x_author_key", _no_author_key)
 _count_x_lines = compiled_or("count_x_lines", py_count_x_lines)
+_partition = compiled_or("x_partition", _py_partition)
