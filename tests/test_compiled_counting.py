@@ -226,6 +226,32 @@ def test_count_x_lines_takes_the_compiled_path_only_on_compiled_state() -> None:
     assert counter.drain() == {(int(_RECEIVED // 3600) * 3600, "a"): [1, 0]}
 
 
+def test_the_scanned_hashtag_cache_is_bounded_and_pickles_empty() -> None:
+    # Hashtags as written -> keys, kept across batches; cleared past 2**16 like _norm.
+    def line(i: int, tag: str) -> bytes:
+        data = {
+            "id": str(i),
+            "text": "x",
+            "author_id": "1",
+            "entities": {"hashtags": [{"tag": tag}]},
+        }
+        return json.dumps({"data": data}).encode()
+
+    counter = PostCounter(session_gap=0)
+    compiled_count_x_lines(counter, [line(i, f"Tag{i}") for i in range(70_000)], _RECEIVED)
+    assert 0 < len(counter._raw_keys) <= 65_536  # type: ignore[arg-type]
+    copy = pickle.loads(pickle.dumps(counter))
+    assert len(copy._raw_keys) == 0
+    # After the clear, and in the copy, a hashtag seen before still gets its own key.
+    again = [line(100_000 + i, f"Tag{i}") for i in range(0, 70_000, 7_000)]
+    compiled_count_x_lines(counter, again, _RECEIVED)
+    compiled_count_x_lines(copy, again, _RECEIVED)
+    bucket = int(_RECEIVED // 3600) * 3600
+    expected = {(bucket, f"tag{i}"): [2 if i % 7_000 == 0 else 1, 0] for i in range(70_000)}
+    assert counter.drain() == expected
+    assert copy.drain() == expected
+
+
 # -- X partition keys --------------------------------------------------------------------------
 
 _AUTHORS = st.sampled_from(["10", "é1", 'a"b', "a\\b", "", "\u2028"])

@@ -107,6 +107,7 @@ cdef class _Tally:
     cdef long long last_bucket
     cdef dict cells             # of bucket `last_bucket`, or None
     cdef list keybuf            # a post's keys (reused: nothing keeps it)
+    cdef RawTagKeys raw_keys    # the counter's, for scanned lines
     cdef Py_ssize_t seen, duplicates, retweets, with_hashtags, happy_posts, counted
 
     def __cinit__(self, counter):
@@ -126,6 +127,9 @@ cdef class _Tally:
         self.count_retweets = counter.count_retweets
         self.cells = None
         self.keybuf = []
+        if counter._raw_keys is None:
+            counter._raw_keys = RawTagKeys()
+        self.raw_keys = counter._raw_keys
 
     cdef inline object _key(self, object tag):
         # The hashtag's counting key (case-folded, normalized), from the counter's cache.
@@ -140,6 +144,18 @@ cdef class _Tally:
             if len(keys) == 0 or key not in keys:
                 keys.append(key)
         return keys
+
+    cdef object _raw_key(self, const unsigned char* tag, Py_ssize_t size, uint64_t* entry):
+        # The counting key of a scanned hashtag (UTF-8, valid), and its session entry.
+        cdef uint64_t h = _raw_tag_hash(tag, size)
+        cdef _TagSlot* slot = self.raw_keys.find(tag, size, h)
+        if slot.hash != 0:
+            entry[0] = slot.entry
+            return <object> slot.key
+        key = self._key(PyUnicode_DecodeUTF8(<const char*> tag, size, NULL))
+        entry[0] = _tag_entry(key)
+        self.raw_keys.add(tag, size, h, key, entry[0])
+        return key
 
     cdef bint _happy(self, str text) except -1:
         if self.plain is None:
@@ -212,7 +228,8 @@ cdef class _Tally:
         return self._count(self._keys(tags), self._happy(text), event_time, sessions, a)
 
     cdef int _count(
-        self, list keys, bint happy, double event_time, bint sessions, uint64_t author
+        self, list keys, bint happy, double event_time, bint sessions, uint64_t author,
+        const uint64_t* entries=NULL,
     ) except -1:
         # A post with hashtags (`keys`): into its bucket's cells, through the author's session
         # where `sessions`.
@@ -224,7 +241,7 @@ cdef class _Tally:
             self.happy_posts += 1
         cells = self._cells(event_time)
         if sessions:
-            if self.sessions._admit(cells, author, event_time, keys, happy):
+            if self.sessions._admit(cells, author, event_time, keys, happy, entries):
                 self.counted += 1
             return 0
         add = _ONE_TWEET + happy
@@ -250,6 +267,9 @@ cdef class _Tally:
         cdef bint sessions, fresh
         cdef list keys
         cdef int k
+        cdef uint64_t entry
+        cdef uint64_t entries[_SCAN_TAGS]
+        cdef _Span span
         self.seen += 1
         if data.id.start >= 0:
             if held.id_digits:
@@ -269,10 +289,14 @@ cdef class _Tally:
             keys = self.keybuf
             del keys[:]
             for k in range(source.ntags):
-                tag = self._key(_span_str(p, source.tags[k]))
+                span = source.tags[k]
+                tag = self._raw_key(p + span.start, span.end - span.start, &entry)
                 if len(keys) == 0 or tag not in keys:
+                    entries[len(keys)] = entry
                     keys.append(tag)
-            return self._count(keys, self._happy_at(text, size), event_time, sessions, a)
+            return self._count(
+                keys, self._happy_at(text, size), event_time, sessions, a, entries
+            )
         # No entities: hashtags from the text, where it has a hash sign at all.
         if not source.entities and (
             memchr(text, 35, size) != NULL or _find(text, size, b"\xef\xbc\x83", 3)  # # or ＃

@@ -270,9 +270,11 @@ cdef class SessionTable:
         return self._admit(cells, hh_str_hash(author), event_time, keys, happy)
 
     cdef bint _admit(
-        self, dict cells, uint64_t a, double event_time, keys, bint happy
+        self, dict cells, uint64_t a, double event_time, keys, bint happy,
+        const uint64_t* entries=NULL,
     ) except -1:
-        # admit_into for the author whose hh_str_hash is `a`.
+        # admit_into for the author whose hh_str_hash is `a`; `entries`, where given, holds
+        # each key's _tag_entry.
         cdef Py_ssize_t pos
         cdef Session* s
         cdef bint due = False
@@ -280,7 +282,7 @@ cdef class SessionTable:
         cdef uint64_t* found
         cdef long long add
         cdef int new, new_happy
-        cdef Py_ssize_t added = 0
+        cdef Py_ssize_t added = 0, k
         cdef PyObject* old
         if a == 0:
             a = 1
@@ -305,8 +307,8 @@ cdef class SessionTable:
         self._admitted += 1
         if self._admitted >= self._next_expiry:
             due = True
-        for key in keys:
-            entry = _tag_entry(key)
+        for k, key in enumerate(keys):
+            entry = _tag_entry(key) if entries == NULL else entries[k]
             found = _tag_find(s, entry)
             if found == NULL:
                 new = 1

@@ -153,6 +153,7 @@ class PostCounter:
         "_buckets",
         "_ids",
         "_norm",
+        "_raw_keys",
         "_sessions",
         "allowed_lateness",
         "bucket_seconds",
@@ -203,6 +204,9 @@ class PostCounter:
         self._buckets: dict[int, Cells] = {}
         # Hashtag as written -> counting key. Bounded: cleared when it grows past 2**16.
         self._norm: dict[str, str] = {}
+        # The same for the compiled scanner, from the hashtag's UTF-8 (``_speedups.RawTagKeys``,
+        # made on first use; it pickles empty).
+        self._raw_keys: object = None
 
     def __getstate__(self) -> dict[str, object]:
         return {name: getattr(self, name) for name in self.__slots__}
