@@ -9,6 +9,7 @@ import csv
 import fcntl
 import io
 import json
+import logging
 import os
 import random
 import re
@@ -26,7 +27,8 @@ import pytest
 import sqlalchemy as sa
 from click.testing import CliRunner, Result
 
-from happyhashtags.cli import cli
+from happyhashtags.cli import check_workers, cli
+from happyhashtags.config import Settings
 from happyhashtags.sources.demo import generate_messages
 from happyhashtags.storage import Store
 from reference import Reference, count_reference, crafted_stream
@@ -233,6 +235,17 @@ def test_several_workers_count_the_same(tmp_path: Path, sqlite_url: str) -> None
     reference = count_reference(lines, session_gap=1800.0)
     with Store(url=sqlite_url) as store:
         assert store.counts() == {(b, _stored_key(t)): v for (b, t), v in reference.counts.items()}
+
+
+@pytest.mark.parametrize(
+    ("workers", "cpus", "warned"), [(2, 2, True), (4, 2, True), (2, 8, False), (1, 1, False)]
+)
+def test_as_many_workers_as_cpus_or_more_are_warned_about(
+    workers: int, cpus: int, warned: bool, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.WARNING, logger="happyhashtags"):
+        check_workers(Settings(workers=workers), cpus=cpus)
+    assert ("expect little or no gain" in caplog.text) is warned
 
 
 def test_a_real_process_reading_stdin_with_sessions(database_url: str) -> None:

@@ -60,14 +60,26 @@ def settings_from_context(ctx: click.Context, **flags: Any) -> Settings:
     return load_settings(flags, config_file=config_file, environ=os.environ)
 
 
-def check_workers(settings: Settings) -> None:
-    """Refuse settings that several processes cannot honour (``run`` and ``process``).
+def check_workers(settings: Settings, cpus: int | None = None) -> None:
+    """Refuse settings that several processes cannot honour (``run`` and ``process``), and warn
+    where they cannot help: as many processes as CPUs (`cpus`: this process's) or more.
 
     Raises:
         ConfigError: `limit` with more than one worker: the limit counts posts in one process.
     """
     if settings.workers > 1 and settings.limit is not None:
         raise ConfigError("--limit counts posts in one process: use it with --workers 1")
+    if cpus is None:
+        cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    if settings.workers > 1 and cpus is not None and settings.workers >= cpus:
+        log.warning(
+            "--workers %d on %d CPU%s: the processes share them, with the database if it runs "
+            "here, so expect little or no gain (on the 2-vCPU benchmark machine, --workers 2 "
+            "ran at 0.93x one process: docs/benchmarks.md)",
+            settings.workers,
+            cpus,
+            "" if cpus == 1 else "s",
+        )
 
 
 def counting_rules(settings: Settings) -> str:
