@@ -26,6 +26,7 @@ from happyhashtags.formats.x import count_x_lines, py_count_x_lines
 from happyhashtags.happy import HappyMatcher
 from happyhashtags.model import Post
 from happyhashtags.sessions import PySessionTracker
+from happyhashtags.sources.base import LineBlock
 from services import IN_CI
 
 if COMPILED:
@@ -216,6 +217,38 @@ def test_count_x_lines_counts_as_decode_x_and_add_many(
             (i, e.reason, e.detail) for i, e in expected[2]
         ]
     assert _state(compiled) == _state(python)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    options=_COUNTERS,
+    batches=st.lists(
+        st.lists(_LINES.filter(lambda line: b"\n" not in line), min_size=1, max_size=10),
+        max_size=4,
+    ),
+)
+def test_a_line_block_is_counted_as_its_lines(
+    options: dict[str, object], batches: list[list[bytes]]
+) -> None:
+    # Files hand over LineBlocks, read in place (each line copied next to a NUL for the
+    # scanner); a list of the same lines defines the answer.
+    compiled, python = PostCounter(**options), PostCounter(**options)  # type: ignore[arg-type]
+    for lines in batches:
+        posts, skipped, rejects = compiled_count_x_lines(
+            compiled, LineBlock(b"\n".join(lines), len(lines)), _RECEIVED
+        )
+        expected = py_count_x_lines(python, lines, _RECEIVED)
+        assert (posts, skipped) == expected[:2]
+        assert [(i, e.reason, e.detail) for i, e in rejects] == [
+            (i, e.reason, e.detail) for i, e in expected[2]
+        ]
+    assert _state(compiled) == _state(python)
+
+
+def test_a_line_block_that_miscounts_its_lines_is_refused() -> None:
+    block = LineBlock(b'{"data": {"id": "1", "text": "#a"}}\n{}', 3)
+    with pytest.raises(ValueError, match="a block of 2 lines said it held 3"):
+        compiled_count_x_lines(PostCounter(), block, _RECEIVED)
 
 
 def test_count_x_lines_takes_the_compiled_path_only_on_compiled_state() -> None:

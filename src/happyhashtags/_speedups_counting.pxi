@@ -254,10 +254,10 @@ cdef class _Tally:
         self.counted += 1
         return 0
 
-    cdef int add_scanned(self, bytes line, _Held* held) except -1:
+    cdef int add_scanned(self, _Held* held) except -1:
         # `add` for a line `_scan_x` read: the post's id and author from its data tweet, its
         # text and hashtags from its source (data, or the original of a retweet).
-        cdef const unsigned char* p = line
+        cdef const unsigned char* p = held.data
         cdef _ScanTweet* data = &held.scan.data
         cdef _ScanTweet* source = _scanned_source(p, &held.scan)
         cdef const unsigned char* text = p + source.text.start
@@ -344,12 +344,12 @@ cdef class _Ahead:
     Each line scanned after it prefetches one more of those, so by its turn they are cached."""
 
     cdef _Held* held        # a ring of _AHEAD + 1
-    cdef list lines         # the line each held scan points into
+    cdef list lines         # the bytes object each held scan points into (None: its copy)
     cdef Py_ssize_t head, size
     cdef _Tally tally
 
     def __cinit__(self, _Tally tally):
-        self.held = <_Held*> malloc((_AHEAD + 1) * sizeof(_Held))
+        self.held = <_Held*> calloc(_AHEAD + 1, sizeof(_Held))
         if self.held == NULL:
             raise MemoryError()
         self.lines = [None] * (_AHEAD + 1)
@@ -357,19 +357,37 @@ cdef class _Ahead:
         self.tally = tally
 
     def __dealloc__(self):
+        cdef Py_ssize_t k
+        if self.held != NULL:
+            for k in range(_AHEAD + 1):
+                free(self.held[k].buf)
         free(self.held)
 
     cdef inline _Held* next_slot(self) noexcept:
         # Where to scan the next line (held only once `push` says so).
         return &self.held[(self.head + self.size) % (_AHEAD + 1)]
 
-    cdef int push(self, bytes line, double event_time) except -1:
-        # Hold the line scanned into next_slot(); count the oldest once _AHEAD are waiting.
+    cdef const unsigned char* copy_in(self, const unsigned char* line, Py_ssize_t n) except NULL:
+        # next_slot()'s own copy of line[:n], with the NUL after it that the scanner expects.
+        cdef _Held* held = self.next_slot()
+        cdef unsigned char* buf
+        if held.cap < n + 1:
+            buf = <unsigned char*> realloc(held.buf, n + 1)
+            if buf == NULL:
+                raise MemoryError()
+            held.buf, held.cap = buf, n + 1
+        memcpy(held.buf, line, n)
+        held.buf[n] = 0
+        return held.buf
+
+    cdef int push(self, object line, const unsigned char* p, double event_time) except -1:
+        # Hold the line `p` scanned into next_slot() (`line`: the bytes object that holds it,
+        # or None for its copy_in); count the oldest once _AHEAD are waiting.
         cdef Py_ssize_t at = (self.head + self.size) % (_AHEAD + 1), age
         cdef _Held* held = &self.held[at]
-        cdef const unsigned char* p = line
         cdef _Span span = held.scan.data.id
         cdef SessionTable sessions = self.tally.sessions
+        held.data = p
         held.event_time = event_time
         held.id_digits = span.start >= 0 and _digit_key(p + span.start, span.end - span.start, &held.id_key)
         if held.id_digits:
@@ -391,11 +409,12 @@ cdef class _Ahead:
 
     cdef int count_oldest(self) except -1:
         cdef Py_ssize_t at = self.head
-        line = self.lines[at]
-        self.lines[at] = None
         self.head = (at + 1) % (_AHEAD + 1)
         self.size -= 1
-        return self.tally.add_scanned(<bytes> line, &self.held[at])
+        try:
+            return self.tally.add_scanned(&self.held[at])
+        finally:
+            self.lines[at] = None
 
     cdef int drain(self) except -1:
         while self.size:
@@ -403,82 +422,124 @@ cdef class _Ahead:
         return 0
 
 
+cdef class _XLines:
+    """One call of `count_x_lines`: its tally, the scanned lines ahead, and what it returns."""
+
+    cdef _Tally tally
+    cdef _Ahead ahead
+    cdef double received_at, latest
+    cdef Py_ssize_t posts
+    cdef dict skipped
+    cdef list rejects
+    cdef list tagbuf
+    cdef object decode, item_of, DecodeError
+
+    def __cinit__(self, counter, double received_at):
+        self.tally = _Tally(counter)
+        self.ahead = _Ahead(self.tally)
+        self.received_at = received_at
+        self.latest = received_at + _x.FUTURE_TOLERANCE
+        self.posts = 0
+        self.skipped = {}
+        self.rejects = []
+        self.tagbuf = []
+        self.decode = _x._decoder.decode
+        self.item_of = _x._item_of
+        self.DecodeError = _x.DecodeError
+
+    cdef bint scanned(self, object line, const unsigned char* p, Py_ssize_t n) except -1:
+        # Count the line p[:n] (p[n] readable: a NUL) if the scanner reads it; False where it
+        # declines, and msgspec must read it (`decoded`).
+        cdef double event_time
+        cdef _Held* held = self.ahead.next_slot()
+        if not (
+            _scan_x(p, n, &held.scan)
+            and _scanned_time(p, &held.scan.data, &event_time, self.received_at)
+        ):
+            return False
+        if event_time > self.latest:
+            event_time = self.received_at
+        self.posts += 1
+        self.ahead.push(line, p, event_time)
+        return True
+
+    cdef int decoded(self, object line, Py_ssize_t index) except -1:
+        # A line the scanner declined: msgspec's schema, then the Python rules.
+        cdef double event_time
+        cdef bint is_retweet
+        cdef list tags
+        self.ahead.drain()  # the lines before this one first
+        try:
+            message = self.decode(line)
+        except _MsgspecError:
+            message = None
+        if message is not None:
+            data = message.data
+            source = None if data is None else _v2_source(message, data, &is_retweet)
+            if source is not None and _v2_time(data, &event_time, self.received_at):
+                if event_time > self.latest:
+                    event_time = self.received_at
+                entities = source.entities
+                if entities is None:
+                    tags = None
+                else:
+                    tags = self.tagbuf  # reused: counting does not keep it
+                    del tags[:]
+                    for hashtag in entities.hashtags:
+                        tag = hashtag.tag
+                        if not tag:
+                            tag = hashtag.text
+                        if tag:
+                            tags.append(tag)
+                self.posts += 1
+                self.tally.add(data.id, data.author_id, event_time, source.text, tags, is_retweet)
+                return 0
+        try:
+            item = self.item_of(message, line, self.received_at)
+        except self.DecodeError as exc:
+            self.rejects.append((index, exc))
+            return 0
+        if type(item) is _Post:
+            self.posts += 1
+            self.tally.add_post(item)
+        else:
+            reason = item.reason
+            self.skipped[reason] = self.skipped.get(reason, 0) + 1
+        return 0
+
+
 def count_x_lines(counter, lines, double received_at):
-    """``formats.x.py_count_x_lines`` compiled: decode X lines and count their posts in one
-    pass, without building a `Post` for the common shapes (an original post, a reply, a quote
-    or a retweet, with an X-shaped ``created_at`` and no note); any other line goes through the
-    Python decoder's rules.
+    """``formats.x.py_count_x_lines`` compiled: read X lines and count their posts in one pass,
+    without building a `Post` or any Python object per field for the usual message (an
+    original post, a reply, a quote or a retweet, with an X-shaped ``created_at`` and no
+    note), which the scanner reads; msgspec and the Python rules read any other line. A
+    `sources.base.LineBlock` is read in place, without a bytes object per line.
     Returns ``(posts, skipped reasons, [(line index, DecodeError), ...])``."""
-    cdef _Tally tally = _Tally(counter)
-    cdef Py_ssize_t index = -1, posts = 0
-    cdef dict skipped = {}
-    cdef list rejects = []
-    cdef double event_time
-    cdef double latest = received_at + _x.FUTURE_TOLERANCE
-    cdef list tags
-    cdef list tagbuf = []
-    cdef bint is_retweet
-    decode = _x._decoder.decode
-    item_of = _x._item_of
-    DecodeError = _x.DecodeError
-    Post = _Post
-    cdef _Ahead ahead = _Ahead(tally)
-    cdef _Held* held
+    _bind()
+    cdef _XLines run = _XLines(counter, received_at)
+    cdef Py_ssize_t index = -1, count, pos = 0, end, n
+    cdef const unsigned char* p
+    cdef const unsigned char* found
+    block = None if type(lines) is list else getattr(lines, "block", None)
     try:
-        for line in lines:
-            index += 1
-            if type(line) is bytes:
-                # The common message, read without msgspec (which reads any line declined).
-                held = ahead.next_slot()
-                if _scan_x(<bytes> line, len(<bytes> line), &held.scan) and _scanned_time(
-                    <bytes> line, &held.scan.data, &event_time, received_at
-                ):
-                    if event_time > latest:
-                        event_time = received_at
-                    posts += 1
-                    ahead.push(<bytes> line, event_time)
+        if type(block) is bytes and _newlines(<bytes> block, len(<bytes> block)) + 1 == len(lines):
+            p, n, count = <bytes> block, len(<bytes> block), len(lines)
+            for index in range(count):
+                found = <const unsigned char*> memchr(p + pos, 10, n - pos)
+                end = n if found == NULL else found - p
+                if not run.scanned(None, run.ahead.copy_in(p + pos, end - pos), end - pos):
+                    run.decoded(PyBytes_FromStringAndSize(<const char*> p + pos, end - pos), index)
+                pos = end + 1
+        else:
+            for line in lines:
+                index += 1
+                if type(line) is bytes and run.scanned(line, <bytes> line, len(<bytes> line)):
                     continue
-            ahead.drain()  # the lines before this one first
-            try:
-                message = decode(line)
-            except _MsgspecError:
-                message = None
-            if message is not None:
-                data = message.data
-                source = None if data is None else _v2_source(message, data, &is_retweet)
-                if source is not None and _v2_time(data, &event_time, received_at):
-                    if event_time > latest:
-                        event_time = received_at
-                    entities = source.entities
-                    if entities is None:
-                        tags = None
-                    else:
-                        tags = tagbuf  # reused: counting does not keep it
-                        del tags[:]
-                        for hashtag in entities.hashtags:
-                            tag = hashtag.tag
-                            if not tag:
-                                tag = hashtag.text
-                            if tag:
-                                tags.append(tag)
-                    posts += 1
-                    tally.add(data.id, data.author_id, event_time, source.text, tags, is_retweet)
-                    continue
-            try:
-                item = item_of(message, line, received_at)
-            except DecodeError as exc:
-                rejects.append((index, exc))
-                continue
-            if type(item) is Post:
-                posts += 1
-                tally.add_post(item)
-            else:
-                reason = item.reason
-                skipped[reason] = skipped.get(reason, 0) + 1
-        ahead.drain()
+                run.decoded(line, index)
+        run.ahead.drain()
     finally:
-        tally.finish()
-    return posts, skipped, rejects
+        run.tally.finish()
+    return run.posts, run.skipped, run.rejects
 
 
 cdef _ScanTweet* _scanned_source(const unsigned char* p, _Scan* scan) noexcept:

