@@ -75,7 +75,7 @@ def check_workers(settings: Settings, cpus: int | None = None) -> None:
         log.warning(
             "--workers %d on %d CPU%s: the processes share them, with the database if it runs "
             "here, so expect little or no gain (on the 2-vCPU benchmark machine, --workers 2 "
-            "ran at 0.93x one process: docs/benchmarks.md)",
+            "was slower than one process: docs/benchmarks.md)",
             settings.workers,
             cpus,
             "" if cpus == 1 else "s",
