@@ -9,19 +9,22 @@ cdef object _extract_hashtags = None
 cdef object _Post = None
 cdef object _x = None  # happyhashtags.formats.x
 cdef object _MsgspecError = None
+cdef object _LineBlock = None  # happyhashtags.sources.base.LineBlock
 
 
 cdef int _bind() except -1:
-    global _extract_hashtags, _Post, _x, _MsgspecError
+    global _extract_hashtags, _Post, _x, _MsgspecError, _LineBlock
     if _x is None:
         import msgspec
 
         from happyhashtags import model, text
         from happyhashtags.formats import x
+        from happyhashtags.sources import base
 
         _extract_hashtags = text.extract_hashtags
         _Post = model.Post
         _MsgspecError = msgspec.MsgspecError
+        _LineBlock = base.LineBlock
         _x = x
     return 0
 
@@ -56,22 +59,6 @@ cdef inline bint _find(
             return True
         hay = at + 1
     return False
-
-
-cdef inline bint _digit_key(const unsigned char* p, Py_ssize_t n, uint64_t* out) noexcept:
-    # An id of 1 to 19 ASCII digits as its own key (IdRing.add's `_digits`).
-    cdef uint64_t value = 0
-    cdef unsigned int digit
-    cdef Py_ssize_t i
-    if n == 0 or n > 19:
-        return False
-    for i in range(n):
-        digit = <unsigned int> p[i] - 48
-        if digit > 9:
-            return False
-        value = value * 10 + digit
-    out[0] = value
-    return True
 
 
 cdef inline str _span_str(const unsigned char* p, _Span span):

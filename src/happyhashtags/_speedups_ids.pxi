@@ -5,14 +5,21 @@
 cdef object _id_key = None
 
 cdef inline bint _digits(str post_id, uint64_t* out):
-    cdef Py_ssize_t n = len(post_id)
+    # A str of 1 to 19 ASCII digits: any other character, ASCII or not, is not a digit.
+    return PyUnicode_IS_ASCII(post_id) and _digit_key(
+        <const unsigned char*> PyUnicode_DATA(post_id), len(post_id), out
+    )
+
+
+cdef inline bint _digit_key(const unsigned char* p, Py_ssize_t n, uint64_t* out) noexcept:
+    # The text p[:n], 1 to 19 ASCII digits, as its own key (as `aggregate.id_key` makes it).
     cdef uint64_t value = 0
-    cdef Py_UCS4 ch
     cdef unsigned int digit
+    cdef Py_ssize_t i
     if n == 0 or n > 19:
         return False
-    for ch in post_id:
-        digit = <unsigned int> ch - 48  # wraps around below '0'
+    for i in range(n):
+        digit = <unsigned int> p[i] - 48  # wraps around below '0'
         if digit > 9:
             return False
         value = value * 10 + digit

@@ -229,18 +229,16 @@ cdef inline Py_ssize_t _next_member(
 
 
 cdef Py_ssize_t _key(
-    const unsigned char* p, Py_ssize_t n, Py_ssize_t i, Py_ssize_t* start, bint* escaped
+    const unsigned char* p, Py_ssize_t n, Py_ssize_t i, _Span* key, bint* escaped
 ) noexcept nogil:
-    # p[i] opens an object's key: the index of its value, with the key at p[start[0]:end]
-    # where end is the index of the key's closing quote (returned in start[1]).
+    # p[i] opens an object's key: the index of its value, with the key's text at `key`.
     if p[i] != 34:
         return -1
     escaped[0] = False
     cdef Py_ssize_t end = _string_end(p, n, i, escaped)
     if end < 0:
         return -1
-    start[0] = i + 1
-    start[1] = end
+    key.start, key.end = i + 1, end
     i = _ws(p, end + 1)
     if p[i] != 58:
         return -1
@@ -253,7 +251,7 @@ cdef Py_ssize_t _skip_value(
     # Any JSON value from p[i] (no whitespace before it): the index after it, or -1.
     cdef unsigned char c = p[i]
     cdef bint escaped = False, more
-    cdef Py_ssize_t key[2]
+    cdef _Span key
     if c == 34:
         i = _string_end(p, n, i, &escaped)
         return -1 if i < 0 else i + 1
@@ -265,7 +263,7 @@ cdef Py_ssize_t _skip_value(
             return i + 1
         while True:
             if c == 123:
-                i = _key(p, n, i, key, &escaped)
+                i = _key(p, n, i, &key, &escaped)
                 if i < 0:
                     return -1
             i = _skip_value(p, n, i, depth + 1)
@@ -297,9 +295,10 @@ cdef Py_ssize_t _text(const unsigned char* p, Py_ssize_t n, Py_ssize_t i, _Span*
 
 
 cdef inline bint _named(
-    const unsigned char* p, const Py_ssize_t* key, const char* name, Py_ssize_t size
+    const unsigned char* p, _Span text, const char* name, Py_ssize_t size
 ) noexcept nogil:
-    return key[1] - key[0] == size and memcmp(p + key[0], name, size) == 0
+    # Whether the text at `text` is `name` (its first `size` bytes).
+    return text.end - text.start == size and memcmp(p + text.start, name, size) == 0
 
 
 cdef inline bint _first(unsigned int* seen, int field) noexcept nogil:
@@ -313,7 +312,7 @@ cdef inline bint _first(unsigned int* seen, int field) noexcept nogil:
 cdef Py_ssize_t _hashtag(
     const unsigned char* p, Py_ssize_t n, Py_ssize_t i, int depth, _ScanTweet* t
 ) noexcept nogil:
-    cdef Py_ssize_t key[2]
+    cdef _Span key
     cdef bint escaped, more
     cdef unsigned int seen = 0
     cdef _Span tag, text
@@ -323,7 +322,7 @@ cdef Py_ssize_t _hashtag(
     i = _ws(p, i + 1)
     if p[i] != 125:
         while True:
-            i = _key(p, n, i, key, &escaped)
+            i = _key(p, n, i, &key, &escaped)
             if i < 0 or escaped:
                 return -1
             if _named(p, key, "tag", 3):
@@ -355,7 +354,7 @@ cdef Py_ssize_t _hashtag(
 cdef Py_ssize_t _entities(
     const unsigned char* p, Py_ssize_t n, Py_ssize_t i, int depth, _ScanTweet* t
 ) noexcept nogil:
-    cdef Py_ssize_t key[2]
+    cdef _Span key
     cdef bint escaped, more
     cdef unsigned int seen = 0
     if p[i] != 123 or depth >= _SCAN_DEPTH:
@@ -365,7 +364,7 @@ cdef Py_ssize_t _entities(
     if p[i] == 125:
         return i + 1
     while True:
-        i = _key(p, n, i, key, &escaped)
+        i = _key(p, n, i, &key, &escaped)
         if i < 0 or escaped:
             return -1
         if _named(p, key, "hashtags", 8):
@@ -394,7 +393,7 @@ cdef Py_ssize_t _entities(
 cdef Py_ssize_t _reference(
     const unsigned char* p, Py_ssize_t n, Py_ssize_t i, int depth, _ScanTweet* t
 ) noexcept nogil:
-    cdef Py_ssize_t key[2]
+    cdef _Span key
     cdef bint escaped, more
     cdef unsigned int seen = 0
     cdef _Span kind, ref
@@ -406,7 +405,7 @@ cdef Py_ssize_t _reference(
         i += 1
     else:
         while True:
-            i = _key(p, n, i, key, &escaped)
+            i = _key(p, n, i, &key, &escaped)
             if i < 0 or escaped:
                 return -1
             if _named(p, key, "type", 4):
@@ -422,7 +421,7 @@ cdef Py_ssize_t _reference(
                 break
         if i < 0:
             return -1
-    if not t.retweet and kind.start >= 0 and _named(p, &kind.start, "retweeted", 9):
+    if not t.retweet and kind.start >= 0 and _named(p, kind, "retweeted", 9):
         t.retweet = True
         if ref.start < 0:
             ref.start = ref.end = 0  # the default id, ""
@@ -434,7 +433,7 @@ cdef Py_ssize_t _tweet(
     const unsigned char* p, Py_ssize_t n, Py_ssize_t i, int depth, _ScanTweet* t
 ) noexcept nogil:
     # A tweet object (data, or one of includes.tweets).
-    cdef Py_ssize_t key[2]
+    cdef _Span key
     cdef bint escaped, more
     cdef unsigned int seen = 0
     if p[i] != 123 or depth >= _SCAN_DEPTH:
@@ -446,7 +445,7 @@ cdef Py_ssize_t _tweet(
     if p[i] == 125:
         return i + 1
     while True:
-        i = _key(p, n, i, key, &escaped)
+        i = _key(p, n, i, &key, &escaped)
         if i < 0 or escaped:
             return -1
         if _named(p, key, "id", 2):
@@ -487,7 +486,7 @@ cdef Py_ssize_t _tweet(
 cdef Py_ssize_t _includes(
     const unsigned char* p, Py_ssize_t n, Py_ssize_t i, _Scan* scan
 ) noexcept nogil:
-    cdef Py_ssize_t key[2]
+    cdef _Span key
     cdef bint escaped, more
     cdef unsigned int seen = 0
     if p[i] != 123:
@@ -496,7 +495,7 @@ cdef Py_ssize_t _includes(
     if p[i] == 125:
         return i + 1
     while True:
-        i = _key(p, n, i, key, &escaped)
+        i = _key(p, n, i, &key, &escaped)
         if i < 0 or escaped:
             return -1
         if _named(p, key, "tweets", 6):
@@ -525,7 +524,7 @@ cdef Py_ssize_t _includes(
             return i
 
 
-cdef bint _envelope_field(const unsigned char* p, const Py_ssize_t* key) noexcept nogil:
+cdef bint _envelope_field(const unsigned char* p, _Span key) noexcept nogil:
     # A top-level field of formats.x._Envelope other than data and includes (v1.1, notices).
     cdef int k
     for k in range(_ENVELOPE_COUNT):
@@ -536,7 +535,7 @@ cdef bint _envelope_field(const unsigned char* p, const Py_ssize_t* key) noexcep
 
 cdef bint _scan_x(const unsigned char* p, Py_ssize_t n, _Scan* scan) noexcept nogil:
     """Scan one line (p[n] must be readable: bytes end with a NUL). False: declined."""
-    cdef Py_ssize_t key[2]
+    cdef _Span key
     cdef Py_ssize_t i
     cdef bint escaped, more, has_data = False
     cdef unsigned int seen = 0
@@ -548,7 +547,7 @@ cdef bint _scan_x(const unsigned char* p, Py_ssize_t n, _Scan* scan) noexcept no
     if p[i] == 125:
         return False  # no data
     while True:
-        i = _key(p, n, i, key, &escaped)
+        i = _key(p, n, i, &key, &escaped)
         if i < 0 or escaped:
             return False
         if _named(p, key, "data", 4):

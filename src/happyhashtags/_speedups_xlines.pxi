@@ -180,14 +180,13 @@ def count_x_lines(counter, lines, double received_at):
     note), which the scanner reads; msgspec and the Python rules read any other line. A
     `sources.base.LineBlock` is read in place, without a bytes object per line.
     Returns ``(posts, skipped reasons, [(line index, DecodeError), ...])``."""
-    _bind()
     cdef _XLines run = _XLines(counter, received_at)
     cdef Py_ssize_t index = -1, count, pos = 0, end, n
     cdef const unsigned char* p
     cdef const unsigned char* found
-    block = None if type(lines) is list else getattr(lines, "block", None)
     try:
-        if type(block) is bytes and _newlines(<bytes> block, len(<bytes> block)) + 1 == len(lines):
+        if type(lines) is _LineBlock:  # its length is its block's newlines + 1, by construction
+            block = lines.block
             p, n, count = <bytes> block, len(<bytes> block), len(lines)
             for index in range(count):
                 found = <const unsigned char*> memchr(p + pos, 10, n - pos)

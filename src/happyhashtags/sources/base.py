@@ -6,6 +6,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import NamedTuple, Protocol, overload, runtime_checkable
 
+from happyhashtags._twins import compiled_or
 from happyhashtags.model import Checkpoint
 
 __all__ = ["Batch", "Clock", "LineBlock", "Resumable", "Source"]
@@ -16,6 +17,14 @@ Clock = Callable[[], float]
 system_clock: Clock = time.time
 
 
+def _py_count_newlines(data: bytes) -> int:
+    """The pure-Python twin of ``_speedups.count_newlines``."""
+    return data.count(b"\n")
+
+
+_count_newlines = compiled_or("count_newlines", _py_count_newlines)
+
+
 class LineBlock(Sequence[bytes]):
     """Lines kept as they were read: one bytes object, the lines joined by ``\\n``.
 
@@ -23,30 +32,30 @@ class LineBlock(Sequence[bytes]):
     iteration). A line counter may read `block` itself instead: a bytes object per line is
     a large share of reading a file (``bytes.split`` was a tenth of ``run`` on the benchmark).
 
-    >>> block = LineBlock(b'{"a": 1}\\n{"b": 2}', 2)
+    >>> block = LineBlock(b'{"a": 1}\\n{"b": 2}')
     >>> len(block), block[1], block == [b'{"a": 1}', b'{"b": 2}']
     (2, b'{"b": 2}', True)
     """
 
-    __slots__ = ("_lines", "block", "size")
+    __slots__ = ("_block", "_lines", "_size")
 
-    def __init__(self, block: bytes, size: int) -> None:
-        self.block = block
-        """The lines, joined by ``\\n`` (no line holds one)."""
-        self.size = size
-        """How many lines: ``block.count(b"\\n") + 1``."""
+    def __init__(self, block: bytes) -> None:
+        self._block = block
+        self._size = _count_newlines(block) + 1
         self._lines: list[bytes] | None = None
+
+    @property
+    def block(self) -> bytes:
+        """The lines, joined by ``\\n`` (no line holds one)."""
+        return self._block
 
     def _split(self) -> list[bytes]:
         if self._lines is None:
-            lines = self.block.split(b"\n")
-            if len(lines) != self.size:
-                raise ValueError(f"a block of {len(lines)} lines said it held {self.size}")
-            self._lines = lines
+            self._lines = self._block.split(b"\n")
         return self._lines
 
     def __len__(self) -> int:
-        return self.size
+        return self._size
 
     @overload
     def __getitem__(self, index: int) -> bytes: ...
@@ -60,7 +69,7 @@ class LineBlock(Sequence[bytes]):
 
     def __eq__(self, other: object) -> bool:
         if isinstance(other, LineBlock):
-            return self.size == other.size and self.block == other.block
+            return self._block == other._block
         if isinstance(other, Sequence) and not isinstance(other, (bytes, str)):
             return self._split() == list(other)
         return NotImplemented

@@ -15,7 +15,6 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO, cast
 
-from happyhashtags._twins import compiled_or
 from happyhashtags.errors import SourceError
 from happyhashtags.sources.base import Batch, Clock, LineBlock, system_clock
 
@@ -94,7 +93,7 @@ def _batch(lines: Sequence[bytes], received_at: float, origin: str, line_no: int
     # Editors on Windows start UTF-8 text with a byte order mark, which JSON parsers reject.
     if line_no == 1 and isinstance(lines, LineBlock):
         if lines.block.startswith(_BOM):
-            lines = LineBlock(lines.block.removeprefix(_BOM), len(lines))
+            lines = LineBlock(lines.block.removeprefix(_BOM))
     elif line_no == 1 and lines and lines[0].startswith(_BOM):
         lines = [lines[0].removeprefix(_BOM), *lines[1:]]
     return Batch(lines, received_at, origin, line_no)
@@ -151,7 +150,7 @@ def _read_lines(
             )
             tail = piece[cut + 1 :]
             crlf = b"\r" in block
-            lines = block.split(b"\n") if crlf else LineBlock(block, _count_newlines(block) + 1)
+            lines = block.split(b"\n") if crlf else LineBlock(block)
         else:
             data = b"".join(pieces)
             *whole, tail = data.split(b"\n")
@@ -177,14 +176,6 @@ def _read_lines(
             lines = [line.removesuffix(b"\r") for line in lines]
             yield _batch(lines, clock(), origin, line_no)
         raise SourceError(error)
-
-
-def _py_count_newlines(data: bytes) -> int:
-    """The pure-Python twin of ``_speedups.count_newlines``."""
-    return data.count(b"\n")
-
-
-_count_newlines = compiled_or("count_newlines", _py_count_newlines)
 
 
 class FileSource:
