@@ -38,8 +38,13 @@ else:
     pytest.skip("happyhashtags._speedups is not built", allow_module_level=True)
 
 _TAGS = st.sampled_from(["cats", "Cats", "CATS", "dogs", "ÜBER", "über", "x\x00y", "ﬁsh", "a"])
+# The last four hold characters JSON escapes (a newline, a quote, a tab, NUL): the scanner
+# decodes a text's escapes.
 _TEXTS = st.sampled_from(
-    ["", "plain", "so :) good", "#cats and #Dogs", "👍🏽 #cats", "#ü :)", "a#b", "＃wide 😀", "☺️"]
+    [
+        *["", "plain", "so :) good", "#cats and #Dogs", "👍🏽 #cats", "#ü :)", "a#b", "＃wide 😀"],
+        *["☺️", 'a\n#b "q" :\\)', "tab\t:) #x/y", "nul\x00#z :)", "#ü\n☺"],
+    ]
 )
 _TIMES = st.one_of(
     st.integers(min_value=-50, max_value=400).map(lambda t: t * 9.5),
@@ -63,7 +68,9 @@ _COUNTERS = st.fixed_dictionaries(
         "allowed_lateness": st.sampled_from([0.0, 100.0]),
         "max_sessions": st.sampled_from([2, 1000]),
         "max_session_keys": st.sampled_from([3, 1000]),
-        "happy": st.sampled_from([None, HappyMatcher([":)", "good"]), HappyMatcher(["👍", ":)"])]),
+        "happy": st.sampled_from(
+            [None, HappyMatcher([":)", "good"]), HappyMatcher(["👍", ":)"]), HappyMatcher(["ü\n"])]
+        ),
     }
 )
 

@@ -95,9 +95,16 @@ cdef class _Tally:
     cdef dict cells             # of bucket `last_bucket`, or None
     cdef list keybuf            # a post's keys (reused: nothing keeps it)
     cdef RawTagKeys raw_keys    # the counter's, for scanned lines
+    cdef unsigned char* textbuf # a scanned text with its escapes decoded
+    cdef Py_ssize_t textcap
     cdef Py_ssize_t seen, duplicates, retweets, with_hashtags, happy_posts, counted
 
+    def __dealloc__(self):
+        free(self.textbuf)
+
     def __cinit__(self, counter):
+        self.textbuf = NULL
+        self.textcap = 0
         _bind()
         self.counter = counter
         self.ids = counter._ids
@@ -143,6 +150,18 @@ cdef class _Tally:
         entry[0] = _tag_entry(key)
         self.raw_keys.add(tag, size, h, key, entry[0])
         return key
+
+    cdef (const unsigned char*, Py_ssize_t) _unescaped(
+        self, const unsigned char* text, Py_ssize_t size
+    ) except *:
+        # The scanned text with its JSON escapes decoded (as msgspec decodes them).
+        cdef unsigned char* buf
+        if self.textcap < size:
+            buf = <unsigned char*> realloc(self.textbuf, size)
+            if buf == NULL:
+                raise MemoryError()
+            self.textbuf, self.textcap = buf, size
+        return self.textbuf, _unescape(text, size, self.textbuf)
 
     cdef bint _happy(self, str text) except -1:
         if self.plain is None:
@@ -271,6 +290,8 @@ cdef class _Tally:
             return 0
         if source.text.start < 0:
             text, size = p, 0  # the default text, ""
+        elif source.text_escaped:
+            text, size = self._unescaped(text, size)
         sessions = self.sessions is not None and data.author.start >= 0
         if source.ntags:
             keys = self.keybuf

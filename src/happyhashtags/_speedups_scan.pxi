@@ -29,6 +29,7 @@ ctypedef struct _ScanTweet:
     _Span author
     _Span ref_id         # of the first reference of type "retweeted" (absent: "")
     bint retweet
+    bint text_escaped    # the text holds JSON escapes (see _unescape)
     bint entities        # an entities object was there (its hashtags may be none)
     int ntags
     _Span tags[_SCAN_TAGS]   # each hashtag's tag, or its text where the tag is empty
@@ -281,15 +282,20 @@ cdef Py_ssize_t _skip_value(
     return _skip_number(p, i)
 
 
-cdef Py_ssize_t _text(const unsigned char* p, Py_ssize_t n, Py_ssize_t i, _Span* out) noexcept nogil:
-    # A string the schema reads: unescaped, valid UTF-8. The index after it, or -1.
+cdef Py_ssize_t _text(
+    const unsigned char* p, Py_ssize_t n, Py_ssize_t i, _Span* out, bint* escapes=NULL
+) noexcept nogil:
+    # A string the schema reads, valid UTF-8: the index after it, or -1. Escapes are declined,
+    # or, with `escapes`, allowed and reported there (no surrogates: _string_end refuses them).
     cdef bint escaped = False
     cdef Py_ssize_t end
     if p[i] != 34:
         return -1
     end = _string_end(p, n, i, &escaped)
-    if end < 0 or escaped or not _utf8(p + i + 1, end - i - 1):
+    if end < 0 or (escaped and escapes == NULL) or not _utf8(p + i + 1, end - i - 1):
         return -1
+    if escapes != NULL:
+        escapes[0] = escaped
     out.start, out.end = i + 1, end
     return end + 1
 
@@ -439,7 +445,7 @@ cdef Py_ssize_t _tweet(
     if p[i] != 123 or depth >= _SCAN_DEPTH:
         return -1
     t.id.start = t.text.start = t.created.start = t.author.start = t.ref_id.start = -1
-    t.retweet = t.entities = False
+    t.retweet = t.entities = t.text_escaped = False
     t.ntags = 0
     i = _ws(p, i + 1)
     if p[i] == 125:
@@ -451,7 +457,7 @@ cdef Py_ssize_t _tweet(
         if _named(p, key, "id", 2):
             i = _text(p, n, i, &t.id) if _first(&seen, 0) else -1
         elif _named(p, key, "text", 4):
-            i = _text(p, n, i, &t.text) if _first(&seen, 1) else -1
+            i = _text(p, n, i, &t.text, &t.text_escaped) if _first(&seen, 1) else -1
         elif _named(p, key, "created_at", 10):
             i = _text(p, n, i, &t.created) if _first(&seen, 2) else -1
         elif _named(p, key, "author_id", 9):
@@ -569,30 +575,3 @@ cdef bint _scan_x(const unsigned char* p, Py_ssize_t n, _Scan* scan) noexcept no
         if not more:
             break
     return has_data and _ws(p, i) == n
-
-
-def scan_x(bytes line):
-    """What the scanner reads from an X line, for tests: ``None`` where it declines, else
-    ``(data, included)``: dicts of the fields it read (absent ones left out) and the hashtags."""
-    cdef _Scan scan
-    cdef const unsigned char* p = line
-    if not _scan_x(p, len(line), &scan):
-        return None
-    return _scanned_dict(line, &scan.data), [
-        _scanned_dict(line, &scan.included[k]) for k in range(scan.nincluded)
-    ]
-
-
-cdef dict _scanned_dict(bytes line, _ScanTweet* t):
-    out = {}
-    for name, span in (
-        ("id", t.id), ("text", t.text), ("created_at", t.created), ("author_id", t.author)
-    ):
-        if span.start >= 0:
-            out[name] = line[span.start:span.end].decode()
-    if t.retweet:
-        out["retweeted"] = line[t.ref_id.start:t.ref_id.end].decode()
-    if t.entities:
-        out["hashtags"] = [line[s.start:s.end].decode() for s in t.tags[:t.ntags]]
-    return out
-

@@ -266,3 +266,36 @@ cdef bint _v2_time(object tweet, double* event_time, double received_at) except 
         event_time[0] = received_at
         return True
     return _x_seconds(created, event_time)
+
+
+def scan_x(bytes line):
+    """What the scanner reads from an X line, for tests: ``None`` where it declines, else
+    ``(data, included)``: dicts of the fields it read (absent ones left out) and the hashtags."""
+    cdef _Scan scan
+    cdef const unsigned char* p = line
+    if not _scan_x(p, len(line), &scan):
+        return None
+    return _scanned_dict(line, &scan.data), [
+        _scanned_dict(line, &scan.included[k]) for k in range(scan.nincluded)
+    ]
+
+
+cdef dict _scanned_dict(bytes line, _ScanTweet* t):
+    cdef const unsigned char* p = line
+    cdef bytearray text
+    out = {}
+    for name, span in (
+        ("id", t.id), ("text", t.text), ("created_at", t.created), ("author_id", t.author)
+    ):
+        if span.start >= 0:
+            out[name] = line[span.start:span.end].decode()
+    if t.text.start >= 0 and t.text_escaped:
+        text = bytearray(t.text.end - t.text.start)
+        size = _unescape(p + t.text.start, t.text.end - t.text.start, text)
+        out["text"] = text[:size].decode()
+    if t.retweet:
+        out["retweeted"] = line[t.ref_id.start:t.ref_id.end].decode()
+    if t.entities:
+        out["hashtags"] = [line[s.start:s.end].decode() for s in t.tags[:t.ntags]]
+    return out
+
