@@ -131,6 +131,11 @@ def test_counts_equal_an_uninterrupted_count_despite_kills_and_a_postgres_restar
         "1s",
         "--idle-exit",
         "0.5s",
+        # Small pulls: the whole stream takes a process a second or two, so each kill and the
+        # Postgres restart land while it is counting (with the default pulls the compiled
+        # counting drained it before the restart began).
+        "--batch",
+        "25",
     )
     killed_at: list[int] = []
     logs: list[str] = []
