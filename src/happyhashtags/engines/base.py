@@ -5,13 +5,12 @@ from __future__ import annotations
 import gc
 import logging
 import threading
-import zlib
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from types import FrameType
 
-from happyhashtags.formats import get_partition_key, get_partitioner
+from happyhashtags.formats import get_partitioner
 from happyhashtags.sources.base import Batch, Source
 
 __all__ = ["Share", "StoppableEngine", "fewer_collections"]
@@ -40,22 +39,17 @@ class Share:
         if not 0 <= self.index < self.count:
             raise ValueError(f"share {self.index} of {self.count} does not exist")
 
-    def owner(self, fmt: str) -> Callable[[bytes], bool]:
-        """Whether a raw line of format `fmt` belongs to this share."""
-        key, crc32 = get_partition_key(fmt), zlib.crc32
-        index, count = self.index, self.count
-
-        def owned(line: bytes) -> bool:
-            return crc32(key(line)) % count == index
-
-        return owned
-
     def selector(self, fmt: str) -> Callable[[Sequence[bytes]], bytes]:
-        """`owner` for a batch at once: one byte per line, 1 where it belongs to this share
-        (with the format's `Partitioner`, compiled for X)."""
+        """For a batch of raw lines of format `fmt`: one byte per line, 1 where it belongs to
+        this share (the format's `Partitioner`, compiled for X, over `count` parts)."""
         partition = get_partitioner(fmt)
         table = bytes([i == self.index for i in range(self.count)])
         return lambda lines: partition(lines, table)
+
+    def owner(self, fmt: str) -> Callable[[bytes], bool]:
+        """Whether a raw line of format `fmt` belongs to this share: `selector` for one line."""
+        select = self.selector(fmt)
+        return lambda line: select([line])[0] == 1
 
 
 class StoppableEngine:
