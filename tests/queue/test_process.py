@@ -430,4 +430,7 @@ def test_the_summary_rate_leaves_out_the_idle_wait_before_idle_exit(
     assert found is not None, result.stdout
     posts, elapsed, rate, busy = (float(g.replace(",", "")) for g in found.groups())
     assert elapsed - busy >= 1.5  # the quiet spell before stopping
-    assert rate == pytest.approx(posts / busy, rel=0.05)  # busy is rounded to 0.01 s
+    # busy is printed rounded to 0.01 s, and counting 20,000 posts takes about that long: the
+    # rate must lie within what the rounding allows (posts / elapsed would be far below it).
+    assert busy >= 0.01
+    assert posts / (busy + 0.005) <= rate <= posts / (busy - 0.005)
