@@ -367,6 +367,11 @@ def test_the_compiled_partitioner_spreads_lines_as_the_partition_key_does(
     assert x_partition(lines, table, x.partition_key_x) == expected
     assert x.partition_x_lines(lines, table) == expected
     assert x._py_partition(lines, table, x.partition_key_x) == expected
+    # A LineBlock (what files hand over) is read in place, with the same parts.
+    plain = [bytes(line) for line in lines if b"\n" not in line]
+    block = LineBlock(b"\n".join(plain))
+    expected = bytes(table[zlib.crc32(x.partition_key_x(line)) % len(table)] for line in block)
+    assert x_partition(block, table, x.partition_key_x) == expected
 
 
 def test_the_author_key_scan_reads_the_usual_message() -> None:

@@ -137,25 +137,100 @@ def x_partition(lines, bytes table, fallback):
     """For each X line, ``table[zlib.crc32(partition_key_x(line)) % len(table)]``, as bytes:
     the part (a process, a share) its partition key sends it to. The key is read with
     `x_author_key`'s scan; `fallback` (``formats.x.partition_key_x``) reads the lines the scan
-    declines."""
-    cdef Py_ssize_t m = len(table), i = 0, at, end
+    declines. A `sources.base.LineBlock` is read in place."""
+    cdef Py_ssize_t m = len(table), i = 0, pos = 0, end, n
     cdef const unsigned char* slots = table
+    cdef const unsigned char* p
+    cdef const unsigned char* found
     cdef bytearray out = bytearray(len(lines))
     cdef unsigned char* parts = out
-    cdef uint32_t crc
-    cdef bytes key
     if m == 0:
         raise ValueError("the table of parts is empty")
-    for line in lines:
-        if type(line) is bytes and _author_span(<bytes> line, len(<bytes> line), &at, &end):
-            crc = _crc.of(<const unsigned char*> (<bytes> line) + at, end - at)
-        else:
-            found = fallback(line)
-            key = found if type(found) is bytes else bytes(found)  # a bytearray line, say
-            crc = _crc.of(key, len(key))
-        parts[i] = slots[crc % m]
-        i += 1
+    _bind()
+    if type(lines) is _LineBlock:  # its length is its block's newlines + 1, by construction
+        block = lines.block
+        p, n = <bytes> block, len(<bytes> block)
+        for i in range(len(out)):
+            found = <const unsigned char*> memchr(p + pos, 10, n - pos)
+            end = n if found == NULL else found - p
+            parts[i] = slots[_part_crc(p + pos, end - pos, fallback) % m]
+            pos = end + 1
+    else:
+        for line in lines:
+            if type(line) is bytes:
+                parts[i] = slots[_part_crc(<bytes> line, len(<bytes> line), fallback) % m]
+            else:  # a bytearray line, say
+                parts[i] = slots[_key_crc(fallback(line)) % m]
+            i += 1
     return bytes(out)
+
+
+cdef uint32_t _part_crc(const unsigned char* line, Py_ssize_t size, fallback) except? 0:
+    # The CRC-32 of line's partition key: its author span where the scan reads it, else what
+    # fallback returns for it.
+    cdef Py_ssize_t at, end
+    if _author_span(line, size, &at, &end):
+        return _crc.of(line + at, end - at)
+    return _key_crc(fallback(PyBytes_FromStringAndSize(<const char*> line, size)))
+
+
+cdef uint32_t _key_crc(found) except? 0:
+    cdef bytes key = found if type(found) is bytes else bytes(found)
+    return _crc.of(key, len(key))
+
+
+def split_lines(bytes block, bytes parts, Py_ssize_t count):
+    """``block``'s lines (joined by ``\\n``) spread over `count` blocks: line i goes to block
+    ``parts[i]``, in order, and each block's lines are joined by ``\\n`` again; None for a
+    block that gets no line. One copy of each line, no bytes object per line."""
+    cdef const unsigned char* p = block
+    cdef const unsigned char* found
+    cdef const unsigned char* part = parts
+    cdef Py_ssize_t n = len(block), lines = len(parts), i, k, pos = 0, end
+    cdef Py_ssize_t* sizes
+    cdef Py_ssize_t* filled
+    cdef char** into
+    if count <= 0:
+        raise ValueError("count must be positive")
+    if lines != _newlines(p, n) + 1:
+        raise ValueError(f"{lines} parts for a block of {_newlines(p, n) + 1} lines")
+    for i in range(lines):
+        if part[i] >= count:
+            raise ValueError(f"part {part[i]} of line {i} is not below {count}")
+    sizes = <Py_ssize_t*> calloc(2 * count, sizeof(Py_ssize_t))
+    into = <char**> calloc(count, sizeof(char*))
+    if sizes == NULL or into == NULL:
+        free(sizes)
+        free(into)
+        raise MemoryError()
+    filled = sizes + count
+    try:
+        for i in range(lines):  # each block's size: its lines and a newline after each
+            found = <const unsigned char*> memchr(p + pos, 10, n - pos)
+            end = n if found == NULL else found - p
+            sizes[part[i]] += end - pos + 1
+            pos = end + 1
+        out = [None] * count
+        for k in range(count):
+            if sizes[k]:
+                piece = PyBytes_FromStringAndSize(NULL, sizes[k] - 1)  # no newline after the last
+                out[k] = piece
+                into[k] = PyBytes_AS_STRING(piece)
+        pos = 0
+        for i in range(lines):
+            found = <const unsigned char*> memchr(p + pos, 10, n - pos)
+            end = n if found == NULL else found - p
+            k = part[i]
+            memcpy(into[k] + filled[k], p + pos, end - pos)
+            filled[k] += end - pos
+            if filled[k] < sizes[k] - 1:  # a line of this block follows
+                into[k][filled[k]] = 10
+                filled[k] += 1
+            pos = end + 1
+        return out
+    finally:
+        free(sizes)
+        free(into)
 
 
 cdef bint _author_span(

@@ -23,17 +23,28 @@ from reference import count_reference, crafted_stream
 
 
 @pytest.mark.parametrize(
-    ("workers", "other_thread", "start_method"),
-    [(2, False, "fork"), (3, False, "fork"), (2, True, "spawn")],
+    ("workers", "other_thread", "start_method", "newline"),
+    [
+        (2, False, "fork", b"\n"),
+        (3, False, "fork", b"\n"),
+        (2, True, "spawn", b"\n"),
+        # CRLF lines reach the router as lists, not as one LineBlock.
+        (3, False, "fork", b"\r\n"),
+    ],
 )
 def test_every_process_count_adds_up_to_the_reference(
-    tmp_path: Path, database_url: str, workers: int, other_thread: bool, start_method: str
+    tmp_path: Path,
+    database_url: str,
+    workers: int,
+    other_thread: bool,
+    start_method: str,
+    newline: bytes,
 ) -> None:
     # Wide ids: a repeated id is a repeated post by the same author, as in X streams, so the
     # copies meet in one process (split by author) and are recognised there.
     lines = crafted_stream(5, 3000, timeless=False, authors=40, ids=10**9)
     path = tmp_path / "stream.jsonl"
-    path.write_bytes(b"\n".join(lines) + b"\n")
+    path.write_bytes(newline.join(lines) + newline)
     reference = count_reference(lines, session_gap=1800.0)
     with Store(url=database_url) as store:
         store.migrate()

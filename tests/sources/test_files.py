@@ -7,6 +7,7 @@ import gzip
 import io
 import lzma
 import os
+import pickle
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -221,6 +222,45 @@ def test_a_line_block_reads_like_the_list_of_its_lines() -> None:
     with pytest.raises(IndexError):
         block[4]
     assert len(LineBlock(b"")) == 1  # one empty line, as b"".split(b"\n") has
+
+
+@given(
+    lines=st.lists(st.binary(max_size=12).map(lambda line: line.replace(b"\n", b"")), min_size=1),
+    count=st.integers(1, 4),
+    data=st.data(),
+)
+def test_a_line_block_spreads_its_lines_in_order(
+    lines: list[bytes], count: int, data: st.DataObject
+) -> None:
+    parts = data.draw(st.binary(min_size=len(lines), max_size=len(lines)))
+    parts = bytes(part % count for part in parts)
+    block = LineBlock(b"\n".join(lines))
+    pairs = list(zip(lines, parts, strict=True))
+    expected = [[line for line, p in pairs if p == k] or None for k in range(count)]
+    assert block.spread(parts, count) == expected
+    joined = [None if part is None else b"\n".join(part) for part in expected]
+    assert base._py_split_lines(block.block, parts, count) == joined
+
+
+@pytest.mark.parametrize("split", [base._split_lines, base._py_split_lines])
+def test_spreading_a_line_block_refuses_parts_that_do_not_fit(
+    split: Callable[[bytes, bytes, int], list[bytes | None]],
+) -> None:
+    with pytest.raises(ValueError, match="2 parts for a block of 3 lines"):
+        split(b"a\nb\nc", bytes([0, 1]), 2)
+    with pytest.raises(ValueError, match="part 2 of line 1 is not below 2"):
+        split(b"a\nb\nc", bytes([0, 2, 1]), 2)
+    with pytest.raises(ValueError, match="count must be positive"):
+        split(b"a", bytes([0]), 0)
+
+
+def test_a_line_block_pickles_as_its_block() -> None:
+    block = LineBlock(b"a\n\nb")
+    list(block)  # split: the lines are not pickled as well
+    data = pickle.dumps(block)
+    assert data.count(b"a\n\nb") == 1
+    assert b"_lines" not in data
+    assert pickle.loads(data) == block == [b"a", b"", b"b"]
 
 
 def test_a_byte_order_mark_at_the_start_is_dropped(tmp_path: Path) -> None:

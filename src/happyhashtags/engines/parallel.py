@@ -1,7 +1,8 @@
 """The parallel engine: N counting processes, one of which also reads the source.
 
 The first process reads the source and routes each line by author (`formats.get_partitioner`)
-to itself or to one of N - 1 worker processes, so each author's posts, and every copy of a post,
+to itself or to one of N - 1 worker processes (a file's `LineBlock` is spread into one block
+per process, so a worker unpickles one bytes object per batch), so each author's posts, and every copy of a post,
 reach the same process: anti-spam sessions and duplicate detection stay exact, and since counts
 only add up, the processes' upserts give the same `hashtag_counts` as one process. Every process
 runs a `LocalEngine` with its own database connection.
@@ -23,7 +24,7 @@ import queue
 import signal
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from multiprocessing.context import ForkContext, SpawnContext
 from multiprocessing.process import BaseProcess
 from types import FrameType
@@ -34,7 +35,7 @@ from happyhashtags.engines.base import StoppableEngine
 from happyhashtags.engines.local import LocalEngine, ProgressCallback, RunSummary
 from happyhashtags.errors import ConfigError, HappyHashtagsError
 from happyhashtags.formats import get_partitioner
-from happyhashtags.sources.base import Batch, Resumable, Source
+from happyhashtags.sources.base import Batch, LineBlock, Resumable, Source
 from happyhashtags.storage.store import Store
 
 __all__ = ["ParallelEngine"]
@@ -129,18 +130,17 @@ class _Router:
         weights = [_READER_WEIGHT] + [10] * len(inboxes)
         slots = bytes([process for process, weight in enumerate(weights) for _ in range(weight)])
         for batch in engine.source.batches():
-            parts: list[list[bytes]] = [[] for _ in range(len(inboxes) + 1)]
-            for line, process in zip(batch.lines, partition(batch.lines, slots), strict=True):
-                parts[process].append(line)
+            lines = batch.lines
+            parts = _spread(lines, partition(lines, slots), len(inboxes) + 1)
             for inbox, part in zip(inboxes, parts[1:], strict=True):
                 # An empty batch (a quiet source) goes to every worker: it may be time to flush.
-                if part or not batch.lines:
+                if part is not None or not lines:
                     # Line numbers are lost in the shuffle: dead letters name the origin only.
-                    self._put(inbox, (part, batch.received_at, batch.origin))
-            self.lines_read += len(batch.lines)
+                    self._put(inbox, (part or [], batch.received_at, batch.origin))
+            self.lines_read += len(lines)
             if engine._progress is not None:
                 engine._progress(self.lines_read, self.lines_read)
-            yield Batch(parts[0], batch.received_at, batch.origin)
+            yield Batch(parts[0] or [], batch.received_at, batch.origin)
 
     def _put(self, inbox: Any, item: Any) -> None:
         while True:
@@ -329,6 +329,18 @@ class ParallelEngine(StoppableEngine):
         if errors:
             raise HappyHashtagsError("worker failed: " + "; ".join(errors))
         return merged
+
+
+def _spread(lines: Sequence[bytes], parts: bytes, count: int) -> list[Sequence[bytes] | None]:
+    """`lines` spread over `count` processes by `parts` (one byte per line); None for a
+    process that gets none. A `LineBlock` is spread into blocks: one bytes object for each
+    process to pickle, where a list would pickle every line."""
+    if isinstance(lines, LineBlock):
+        return list(lines.spread(parts, count))
+    spread: list[list[bytes]] = [[] for _ in range(count)]
+    for line, process in zip(lines, parts, strict=True):
+        spread[process].append(line)
+    return [part or None for part in spread]
 
 
 def _may_fork() -> bool:

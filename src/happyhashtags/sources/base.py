@@ -22,7 +22,23 @@ def _py_count_newlines(data: bytes) -> int:
     return data.count(b"\n")
 
 
+def _py_split_lines(block: bytes, parts: bytes, count: int) -> list[bytes | None]:
+    """The pure-Python twin of ``_speedups.split_lines``."""
+    lines = block.split(b"\n")
+    if len(parts) != len(lines):
+        raise ValueError(f"{len(parts)} parts for a block of {len(lines)} lines")
+    if count <= 0:
+        raise ValueError("count must be positive")
+    pieces: list[list[bytes]] = [[] for _ in range(count)]
+    for index, (line, part) in enumerate(zip(lines, parts, strict=True)):
+        if part >= count:
+            raise ValueError(f"part {part} of line {index} is not below {count}")
+        pieces[part].append(line)
+    return [b"\n".join(piece) if piece else None for piece in pieces]
+
+
 _count_newlines = compiled_or("count_newlines", _py_count_newlines)
+_split_lines = compiled_or("split_lines", _py_split_lines)
 
 
 class LineBlock(Sequence[bytes]):
@@ -53,6 +69,23 @@ class LineBlock(Sequence[bytes]):
         if self._lines is None:
             self._lines = self._block.split(b"\n")
         return self._lines
+
+    def spread(self, parts: bytes, count: int) -> list[LineBlock | None]:
+        """The lines spread over `count` blocks: line i goes to block ``parts[i]``, in order;
+        None for a block that gets none. One copy of each line, made in C where the compiled
+        module is built, and no bytes object per line.
+
+        >>> LineBlock(b"a\\nb\\nc").spread(bytes([1, 0, 1]), 3)
+        [LineBlock([b'b']), LineBlock([b'a', b'c']), None]
+        """
+        return [
+            None if piece is None else LineBlock(piece)
+            for piece in _split_lines(self._block, parts, count)
+        ]
+
+    def __reduce__(self) -> tuple[type[LineBlock], tuple[bytes]]:
+        # Pickled as its block (for a worker process), not as the lines it may have split.
+        return (LineBlock, (self._block,))
 
     def __len__(self) -> int:
         return self._size
