@@ -1,11 +1,11 @@
 """The parallel engine: N counting processes, one of which also reads the source.
 
 The first process reads the source and routes each line by author (`formats.get_partitioner`)
-to itself or to one of N - 1 worker processes (a file's `LineBlock` is spread into one block
-per process, so a worker unpickles one bytes object per batch), so each author's posts, and every copy of a post,
+to itself or to one of N - 1 worker processes, so each author's posts, and every copy of a post,
 reach the same process: anti-spam sessions and duplicate detection stay exact, and since counts
 only add up, the processes' upserts give the same `hashtag_counts` as one process. Every process
-runs a `LocalEngine` with its own database connection.
+runs a `LocalEngine` with its own database connection. A file's `LineBlock` is spread into one
+block per process, so a worker unpickles one bytes object per batch, not a list of lines.
 
 Workers are forked when the calling process runs no other thread (see `ParallelEngine.start`),
 so they start in milliseconds with what is already imported; otherwise they are spawned.
