@@ -79,3 +79,42 @@ def test_the_migrate_command_up_down_and_up(database_url: str) -> None:
     assert "base -> 0001" in up.output
     up = runner.invoke(cli, ["migrate", "--database", database_url])
     assert f"0001 -> {head}" in up.output
+
+
+def _hot_update_share(store: Store) -> float:
+    """The share of updates that Postgres made in place (HOT) when a quarter of 4,000 rows is
+    updated, as a flush updates the rows it counted; measured in a transaction rolled back."""
+    with store.engine.connect() as connection:
+        transaction = connection.begin()
+        connection.execute(
+            sa.text(
+                "INSERT INTO hashtag_counts SELECT timestamp '2026-01-01', 'tag' || n, n % 4, 0 "
+                "FROM generate_series(1, 4000) AS n"
+            )
+        )
+        # Counted from before the update: a backend's counts may hold earlier transactions'.
+        stats = sa.text(
+            "SELECT n_tup_upd, n_tup_hot_upd FROM pg_stat_xact_user_tables "
+            "WHERE relname = 'hashtag_counts'"
+        )
+        updated_before, hot_before = connection.execute(stats).one()
+        connection.execute(sa.text("UPDATE hashtag_counts SET happy_tweets = 1 WHERE tweets = 0"))
+        updated, hot = connection.execute(stats).one()
+        transaction.rollback()
+    assert updated - updated_before == 1000
+    return float(hot - hot_before) / 1000
+
+
+def test_counts_leave_room_for_updates_in_place_on_postgres(postgres_url: str) -> None:
+    # Every flush updates the rows it counted: in a full page each update also goes into both
+    # indexes; fillfactor 70 leaves room for most to stay on their page.
+    with Store(url=postgres_url) as store:
+        store.migrate()
+        options = "SELECT reloptions FROM pg_class WHERE relname = 'hashtag_counts'"
+        with store.engine.connect() as connection:
+            assert connection.execute(sa.text(options)).scalar() == ["fillfactor=70"]
+        assert _hot_update_share(store) > 0.9
+        store.downgrade("0003")
+        with store.engine.connect() as connection:
+            assert connection.execute(sa.text(options)).scalar() is None
+        assert _hot_update_share(store) < 0.5
