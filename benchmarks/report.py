@@ -81,6 +81,26 @@ def _cpu(case: dict[str, Any]) -> str:
     return f"{ours:.2f}" if postgres is None else f"{ours:.2f} + {postgres:.2f}"
 
 
+def cores_busy(case: dict[str, Any]) -> float | None:
+    """How many cores a case kept busy: its median CPU seconds, ours and Postgres's, over its
+    median seconds; None where they were not measured."""
+    ours, postgres = case.get("median_cpu_seconds"), case.get("median_postgres_cpu_seconds")
+    seconds = case.get("median_seconds")
+    if ours is None or postgres is None or not seconds:
+        return None
+    return float(ours + postgres) / seconds
+
+
+def workers_bound(busy: float | None, scaling: float | None) -> float | None:
+    """The most ``--workers 2`` can gain over one process that keeps `busy` cores busy (its
+    writer thread and Postgres run beside its counting), however cheap the routing: two
+    CPU-bound processes get `scaling` cores' worth of work done here, so twice one process's
+    work cannot go faster than ``scaling / busy`` (nor more than 2x)."""
+    if busy is None or scaling is None or busy <= 0:
+        return None
+    return min(2.0, scaling / busy)
+
+
 def _paired(
     runs: dict[str, list[dict[str, Any]]], a: str, b: str, key: str = "posts_per_second"
 ) -> list[float]:
@@ -143,6 +163,13 @@ def targets(
     out.append(_target("run vs seed-style baseline (posts/s)", baseline, 10.0, "x", at_least=True))
     workers = _median(_paired(runs, "run-workers2", "run"))
     notes = [] if scaling is None else [f"this machine's ceiling: {scaling:.2f}x"]
+    busy = cores_busy(cases.get("run", {}))
+    bound = workers_bound(busy, scaling)
+    if bound is not None:
+        notes.append(
+            f"so at most {bound:.2f}x however cheap the routing: one process keeps {busy:.2f}"
+            " cores busy"
+        )
     one, two = _cpu(cases.get("run", {})), _cpu(cases.get("run-workers2", {}))
     if one and two:
         notes.append(f"CPU s (ours + Postgres): one process {one}, two {two}")

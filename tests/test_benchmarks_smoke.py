@@ -123,7 +123,8 @@ def test_machine_and_load_are_recorded(bench_report: dict[str, Any]) -> None:
     scaling = bench_report["machine"]["parallel_scaling"]
     assert 0.3 < scaling <= bench_report["machine"]["nproc"] * 1.2
     workers = next(t for t in bench_report["targets"] if t["target"].startswith("--workers 2 vs"))
-    assert workers["note"].startswith(f"this machine's ceiling: {scaling:.2f}x; CPU s (ours + ")
+    assert workers["note"].startswith(f"this machine's ceiling: {scaling:.2f}x; so at most ")
+    assert "cores busy; CPU s (ours + Postgres): one process " in workers["note"]
     assert len(bench_report["load_before"]) == 3
     assert len(bench_report["load_after"]) == 3
     assert bench_report["parameters"]["posts"] == POSTS
@@ -154,6 +155,16 @@ def test_visibility_latency_is_measured_from_the_first_poll_showing_the_post() -
     assert latencies == pytest.approx([0.5] * 10 + [1.0] * 10)
     latencies, unseen = soak.visibility_latencies(sent, 20, polls[:3])
     assert unseen == 10
+
+
+def test_the_workers_bound_is_the_scaling_over_the_cores_one_process_keeps_busy() -> None:
+    run = {"median_cpu_seconds": 1.5, "median_postgres_cpu_seconds": 0.5, "median_seconds": 1.6}
+    assert report.cores_busy(run) == pytest.approx(1.25)
+    assert report.workers_bound(1.25, 1.9) == pytest.approx(1.52)
+    assert report.workers_bound(0.8, 1.9) == 2.0  # two processes never do more than twice
+    assert report.cores_busy({**run, "median_postgres_cpu_seconds": None}) is None
+    assert report.workers_bound(None, 1.9) is None
+    assert report.workers_bound(1.25, None) is None
 
 
 def test_growth_is_relative_to_the_first_sample_at_the_threshold() -> None:
