@@ -9,10 +9,12 @@ find the partition key that decoding finds, or decline.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import pickle
 import zlib
+from collections.abc import Iterator
 
 import msgspec
 import pytest
@@ -27,10 +29,11 @@ from happyhashtags.happy import HappyMatcher
 from happyhashtags.model import Post
 from happyhashtags.sessions import PySessionTracker
 from happyhashtags.sources.base import LineBlock
+from happyhashtags.sources.demo import generate_messages
 from services import IN_CI
 
 if COMPILED:
-    from happyhashtags._speedups import add_posts, x_author_key, x_partition
+    from happyhashtags._speedups import add_posts, set_scan_helper, x_author_key, x_partition
     from happyhashtags._speedups import count_x_lines as compiled_count_x_lines
 elif IN_CI:
     pytest.fail("happyhashtags._speedups is not built", pytrace=False)
@@ -207,17 +210,33 @@ _LINES = st.one_of(
 )
 
 
+@contextlib.contextmanager
+def _scan_helper(min_lines: int | None) -> Iterator[None]:
+    """count_x_lines with a second scanning thread from `min_lines` lines (None: never)."""
+    previous = set_scan_helper(min_lines)
+    try:
+        yield
+    finally:
+        set_scan_helper(previous)
+
+
+# The helper thread from the first line, or none: both must count alike.
+_HELPER = pytest.mark.parametrize("helper", [1, None], ids=["helper", "one-thread"])
+
+
+@_HELPER
 @settings(max_examples=300, deadline=None)
 @given(
     options=_COUNTERS,
     batches=st.lists(st.lists(_LINES, max_size=10), max_size=4),
 )
 def test_count_x_lines_counts_as_decode_x_and_add_many(
-    options: dict[str, object], batches: list[list[bytes]]
+    helper: int | None, options: dict[str, object], batches: list[list[bytes]]
 ) -> None:
     compiled, python = PostCounter(**options), PostCounter(**options)  # type: ignore[arg-type]
     for lines in batches:
-        posts, skipped, rejects = compiled_count_x_lines(compiled, lines, _RECEIVED)
+        with _scan_helper(helper):
+            posts, skipped, rejects = compiled_count_x_lines(compiled, lines, _RECEIVED)
         expected = py_count_x_lines(python, lines, _RECEIVED)
         assert (posts, skipped) == expected[:2]
         assert [(i, e.reason, e.detail) for i, e in rejects] == [
@@ -226,6 +245,7 @@ def test_count_x_lines_counts_as_decode_x_and_add_many(
     assert _state(compiled) == _state(python)
 
 
+@_HELPER
 @settings(max_examples=200, deadline=None)
 @given(
     options=_COUNTERS,
@@ -235,21 +255,57 @@ def test_count_x_lines_counts_as_decode_x_and_add_many(
     ),
 )
 def test_a_line_block_is_counted_as_its_lines(
-    options: dict[str, object], batches: list[list[bytes]]
+    helper: int | None, options: dict[str, object], batches: list[list[bytes]]
 ) -> None:
-    # Files hand over LineBlocks, read in place (each line copied next to a NUL for the
+    # Files hand over LineBlocks, read in place (copied once, a NUL after each line, for the
     # scanner); a list of the same lines defines the answer.
     compiled, python = PostCounter(**options), PostCounter(**options)  # type: ignore[arg-type]
     for lines in batches:
-        posts, skipped, rejects = compiled_count_x_lines(
-            compiled, LineBlock(b"\n".join(lines)), _RECEIVED
-        )
+        with _scan_helper(helper):
+            posts, skipped, rejects = compiled_count_x_lines(
+                compiled, LineBlock(b"\n".join(lines)), _RECEIVED
+            )
         expected = py_count_x_lines(python, lines, _RECEIVED)
         assert (posts, skipped) == expected[:2]
         assert [(i, e.reason, e.detail) for i, e in rejects] == [
             (i, e.reason, e.detail) for i, e in expected[2]
         ]
     assert _state(compiled) == _state(python)
+
+
+@pytest.mark.parametrize("block", [True, False], ids=["block", "list"])
+def test_a_second_thread_scanning_ahead_counts_a_large_batch_alike(block: bool) -> None:
+    # Thousands of generated lines (repeated ids, spam sessions, retweets), with a few that
+    # msgspec must read among them: the helper thread races ahead of the counting.
+    lines = list(generate_messages(6000, seed=3, authors=300, vocabulary=400))
+    lines[100:6000:700] = [b"{", b'{"data": 5}', *[b"   "] * 7][: len(lines[100:6000:700])]
+    lines += lines[:500]  # copies: counted once
+    batch: list[bytes] | LineBlock = LineBlock(b"\n".join(lines)) if block else lines
+    options = {"session_gap": 1800.0, "dedupe_capacity": 10_000}
+    counters = {}
+    for helper in (1, None):
+        counter = PostCounter(**options)  # type: ignore[arg-type]
+        with _scan_helper(helper):
+            answer = compiled_count_x_lines(counter, batch, _RECEIVED)
+        counters[helper] = (answer[0], answer[1], [i for i, _ in answer[2]], _state(counter))
+    python = PostCounter(**options)  # type: ignore[arg-type]
+    expected = py_count_x_lines(python, lines, _RECEIVED)
+    assert counters[1] == counters[None]
+    assert counters[1][:3] == (expected[0], expected[1], [i for i, _ in expected[2]])
+    assert counters[1][3] == _state(python)
+    assert counters[1][3][1].duplicates == 500 - 1  # the copies, less a "{" among them
+
+
+def test_the_scan_helper_setting_is_checked_and_returned() -> None:
+    previous = set_scan_helper(5)
+    try:
+        assert set_scan_helper(None) == 5
+        assert set_scan_helper(7) is None
+        with pytest.raises(ValueError, match="at least 1"):
+            set_scan_helper(0)
+        assert set_scan_helper(7) == 7
+    finally:
+        set_scan_helper(previous)
 
 
 def test_count_x_lines_takes_the_compiled_path_only_on_compiled_state() -> None:

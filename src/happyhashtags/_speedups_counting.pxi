@@ -260,45 +260,43 @@ cdef class _Tally:
         self.counted += 1
         return 0
 
-    cdef int add_scanned(self, _Held* held) except -1:
-        # `add` for a line `_scan_x` read: the post's id and author from its data tweet, its
+    cdef int add_scanned(self, _Ready* r) except -1:
+        # `add` for a line `_prepare` read: the post's id and author from its data tweet, its
         # text and hashtags from its source (data, or the original of a retweet).
-        cdef const unsigned char* p = held.data
-        cdef _ScanTweet* data = &held.scan.data
-        cdef _ScanTweet* source = _scanned_source(p, &held.scan)
-        cdef const unsigned char* text = p + source.text.start
-        cdef Py_ssize_t size = source.text.end - source.text.start
-        cdef double event_time = held.event_time
-        cdef uint64_t a = held.author
+        cdef const unsigned char* p = r.p
+        cdef const unsigned char* text = p + r.text.start
+        cdef Py_ssize_t size = r.text.end - r.text.start
+        cdef double event_time = r.event_time
+        cdef uint64_t a = r.author
         cdef bint sessions, fresh
         cdef list keys
         cdef int k
         cdef uint64_t entry
         cdef uint64_t entries[_SCAN_TAGS]
-        cdef _Span span
         self.seen += 1
-        if data.id.start >= 0:
-            if held.id_digits:
-                fresh = self.ids._add_key(held.id_key)
+        if r.id.start >= 0:
+            if r.id_digits:
+                fresh = self.ids._add_key(r.id_key)
             else:
-                fresh = self.ids.add(_span_str(p, data.id))
+                fresh = self.ids.add(_span_str(p, r.id))
             if not fresh:
                 self.duplicates += 1
                 return 0
-        if data.retweet and not self.count_retweets:
+        if r.retweet and not self.count_retweets:
             self.retweets += 1
             return 0
-        if source.text.start < 0:
+        if r.text.start < 0:
             text, size = p, 0  # the default text, ""
-        elif source.text_escaped:
+        elif r.text_escaped:
             text, size = self._unescaped(text, size)
-        sessions = self.sessions is not None and data.author.start >= 0
-        if source.ntags:
+        sessions = self.sessions is not None and r.author_id.start >= 0
+        if sessions and not r.author_hashed:
+            a = _span_hash(p, r.author_id)
+        if r.ntags:
             keys = self.keybuf
             del keys[:]
-            for k in range(source.ntags):
-                span = source.tags[k]
-                tag = self._raw_key(p + span.start, span.end - span.start, &entry)
+            for k in range(r.ntags):
+                tag = self._raw_key(p + r.tags[2 * k], r.tags[2 * k + 1] - r.tags[2 * k], &entry)
                 if len(keys) == 0 or tag not in keys:
                     entries[len(keys)] = entry
                     keys.append(tag)
@@ -306,7 +304,7 @@ cdef class _Tally:
                 keys, self._happy_at(text, size), event_time, sessions, a, entries
             )
         # No entities: hashtags from the text, where it has a hash sign at all.
-        if not source.entities and (
+        if not r.entities and (
             memchr(text, 35, size) != NULL or _find(text, size, b"\xef\xbc\x83", 3)  # # or ＃
         ):
             tags = _extract_hashtags(PyUnicode_DecodeUTF8(<const char*> text, size, NULL))

@@ -11,7 +11,7 @@ cdef inline bint _digits(str post_id, uint64_t* out):
     )
 
 
-cdef inline bint _digit_key(const unsigned char* p, Py_ssize_t n, uint64_t* out) noexcept:
+cdef inline bint _digit_key(const unsigned char* p, Py_ssize_t n, uint64_t* out) noexcept nogil:
     # The text p[:n], 1 to 19 ASCII digits, as its own key (as `aggregate.id_key` makes it).
     cdef uint64_t value = 0
     cdef unsigned int digit

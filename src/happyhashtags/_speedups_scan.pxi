@@ -53,18 +53,31 @@ _ENVELOPE[:] = [
 
 
 cdef enum:
-    _AHEAD = 3  # scanned lines held back before they are counted (see _Ahead)
+    _AHEAD = 3  # how many lines ahead the counting loop prefetches (see _XLines.count)
+    _PENDING = 0  # a _Ready's state: not scanned yet
+    _SCANNED = 1  # ... read by the scanner
+    _DECLINED = 2  # ... for msgspec to read
 
 
-ctypedef struct _Held:
-    _Scan scan
-    const unsigned char* data   # the line the scan points into (NUL after its end)
-    unsigned char* buf          # a copy of it, for lines read in place from a block
-    Py_ssize_t cap              # size of buf
+ctypedef struct _Ready:
+    # A line, and what counting needs of it once the scanner has read it (_prepare): made on
+    # either thread of count_x_lines, counted in order on the one that holds the GIL.
+    const unsigned char* p  # the line (a NUL after its end)
+    Py_ssize_t n
+    int state               # _PENDING, _SCANNED, _DECLINED: written last (release), read first
+    bint id_digits          # data's id is digits: its IdRing key is `id_key`
+    bint author_hashed      # data's author is ASCII: its hh_str_hash is `author`
+    bint retweet
+    bint text_escaped       # the source's text holds JSON escapes (see _unescape)
+    bint entities           # the source had an entities object
+    int ntags
     double event_time
-    uint64_t author     # hh_str_hash of data's author_id (where there is one)
-    uint64_t id_key     # IdRing's key of data's id, where `id_digits`
-    bint id_digits
+    uint64_t id_key
+    uint64_t author
+    _Span id                # data's
+    _Span author_id         # data's
+    _Span text              # the source's: data, or the original of a retweet
+    int32_t tags[2 * _SCAN_TAGS]  # the source's hashtags: start and end of each
 
 
 cdef extern from *:

@@ -2,7 +2,7 @@
 
 # -- X's created_at ----------------------------------------------------------------------------
 
-cdef inline int _number(const unsigned char* value, Py_ssize_t start, Py_ssize_t count) noexcept:
+cdef inline int _number(const unsigned char* value, Py_ssize_t start, Py_ssize_t count) noexcept nogil:
     # The ASCII digits value[start:start + count] as a number, or -1 (the caller checked length).
     cdef Py_ssize_t i
     cdef int number = 0
@@ -15,7 +15,7 @@ cdef inline int _number(const unsigned char* value, Py_ssize_t start, Py_ssize_t
     return number
 
 
-cdef inline long long _days_from_civil(long long y, long long m, long long d) noexcept:
+cdef inline long long _days_from_civil(long long y, long long m, long long d) noexcept nogil:
     # Days since 1970-01-01 of a proleptic Gregorian date (years 1 to 9999 here).
     y -= m <= 2
     cdef long long era = y // 400
@@ -46,7 +46,7 @@ cdef bint _x_seconds(str value, double* out) noexcept:
     return _x_seconds_at(<const unsigned char*> PyUnicode_DATA(value), len(value), out)
 
 
-cdef bint _x_seconds_at(const unsigned char* value, Py_ssize_t n, double* out) noexcept:
+cdef bint _x_seconds_at(const unsigned char* value, Py_ssize_t n, double* out) noexcept nogil:
     # _x_seconds of the ASCII text value[:n].
     cdef int year, month, day, hour, minute, second, micro = 0, limit
     cdef long long total

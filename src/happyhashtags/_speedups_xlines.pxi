@@ -2,96 +2,168 @@
 # twin of formats.x.py_count_x_lines), with the scanner (_speedups_scan.pxi) and a _Tally.
 
 
-cdef class _Ahead:
-    """Scanned lines on their way to `_Tally.add_scanned`, counted in order, `_AHEAD` lines
-    after they were scanned. Counting a line mostly waits on memory: its id's slot among a
-    million, its author's index slot, session and hashtags (tables larger than the caches).
-    Each line scanned after it prefetches one more of those, so by its turn they are cached."""
+cdef extern from *:
+    """
+    /* Two threads share a count_x_lines call where GCC or Clang atomics and POSIX threads
+       are there (see _XLines); elsewhere the calling thread does all of it. */
+    #if (defined(__GNUC__) || defined(__clang__)) && !defined(_WIN32)
+    #include <pthread.h>
+    #include <sched.h>
+    #include <signal.h>
+    #define HH_THREADS 1
+    typedef pthread_t hh_thread;
+    static int hh_thread_start(hh_thread* t, void* (*run)(void*), void* arg) {
+        return pthread_create(t, NULL, run, arg);
+    }
+    static void hh_thread_join(hh_thread t) { pthread_join(t, NULL); }
+    static void hh_block_signals(void) {  /* signals are for the Python thread */
+        sigset_t all;
+        sigfillset(&all);
+        pthread_sigmask(SIG_BLOCK, &all, NULL);
+    }
+    static void hh_yield(void) { sched_yield(); }
+    #define hh_claim(p) __atomic_fetch_add((p), 1, __ATOMIC_ACQ_REL)
+    #define hh_peek(p) __atomic_load_n((p), __ATOMIC_ACQUIRE)
+    #define hh_publish(p, v) __atomic_store_n((p), (v), __ATOMIC_RELEASE)
+    #else
+    #define HH_THREADS 0
+    typedef int hh_thread;
+    static int hh_thread_start(hh_thread* t, void* (*run)(void*), void* arg) { return -1; }
+    static void hh_thread_join(hh_thread t) {}
+    static void hh_block_signals(void) {}
+    static void hh_yield(void) {}
+    #define hh_claim(p) ((*(p))++)
+    #define hh_peek(p) (*(p))
+    #define hh_publish(p, v) (*(p) = (v))
+    #endif
+    """
+    const int HH_THREADS
+    ctypedef int hh_thread
+    int hh_thread_start(hh_thread* t, void* (*run)(void*) noexcept nogil, void* arg) nogil
+    void hh_thread_join(hh_thread t) nogil
+    void hh_block_signals() nogil
+    void hh_yield() nogil
+    Py_ssize_t hh_claim(Py_ssize_t* p) nogil
+    int hh_peek(int* p) nogil
+    Py_ssize_t hh_peek_next "hh_peek"(Py_ssize_t* p) nogil
+    int hh_stopped "hh_peek"(int* p) nogil
+    void hh_publish(int* p, int v) nogil
 
-    cdef _Held* held        # a ring of _AHEAD + 1
-    cdef list lines         # the bytes object each held scan points into (None: its copy)
-    cdef Py_ssize_t head, size
-    cdef _Tally tally
 
-    def __cinit__(self, _Tally tally):
-        self.held = <_Held*> calloc(_AHEAD + 1, sizeof(_Held))
-        if self.held == NULL:
-            raise MemoryError()
-        self.lines = [None] * (_AHEAD + 1)
-        self.head = self.size = 0
-        self.tally = tally
+# A second thread helps a call of count_x_lines that has at least this many lines to read (and
+# the process may run on two CPUs or more): see `set_scan_helper`.
+cdef Py_ssize_t _helper_min_lines = 256
 
-    def __dealloc__(self):
-        cdef Py_ssize_t k
-        if self.held != NULL:
-            for k in range(_AHEAD + 1):
-                free(self.held[k].buf)
-        free(self.held)
 
-    cdef inline _Held* next_slot(self) noexcept:
-        # Where to scan the next line (held only once `push` says so).
-        return &self.held[(self.head + self.size) % (_AHEAD + 1)]
+def set_scan_helper(min_lines):
+    """Let count_x_lines scan lines on a second thread when a call has `min_lines` lines or
+    more (None: never). Returns the previous setting. Set at import to 256 where the process
+    may run on two CPUs or more, else None; tests set 1 to run both threads on small inputs."""
+    global _helper_min_lines
+    previous = None if _helper_min_lines < 0 else _helper_min_lines
+    if min_lines is None:
+        _helper_min_lines = -1
+    elif min_lines < 1:
+        raise ValueError("min_lines must be at least 1, or None")
+    else:
+        _helper_min_lines = min_lines
+    return previous
 
-    cdef const unsigned char* copy_in(self, const unsigned char* line, Py_ssize_t n) except NULL:
-        # next_slot()'s own copy of line[:n], with the NUL after it that the scanner expects.
-        cdef _Held* held = self.next_slot()
-        cdef unsigned char* buf
-        if held.cap < n + 1:
-            buf = <unsigned char*> realloc(held.buf, n + 1)
-            if buf == NULL:
-                raise MemoryError()
-            held.buf, held.cap = buf, n + 1
-        memcpy(held.buf, line, n)
-        held.buf[n] = 0
-        return held.buf
 
-    cdef int push(self, object line, const unsigned char* p, double event_time) except -1:
-        # Hold the line `p` scanned into next_slot() (`line`: the bytes object that holds it,
-        # or None for its copy_in); count the oldest once _AHEAD are waiting.
-        cdef Py_ssize_t at = (self.head + self.size) % (_AHEAD + 1), age
-        cdef _Held* held = &self.held[at]
-        cdef _Span span = held.scan.data.id
-        cdef SessionTable sessions = self.tally.sessions
-        held.data = p
-        held.event_time = event_time
-        held.id_digits = span.start >= 0 and _digit_key(p + span.start, span.end - span.start, &held.id_key)
-        if held.id_digits:
-            self.tally.ids._prefetch(held.id_key)
-        if held.scan.data.author.start >= 0:
-            held.author = _span_hash(p, held.scan.data.author)
-            if sessions is not None:
-                sessions._prefetch(held.author, 0)
-        self.lines[at] = line
-        self.size += 1
-        if sessions is not None:
-            for age in range(1, min(self.size, 3)):  # the next step for the older ones
-                held = &self.held[(at + _AHEAD + 1 - age) % (_AHEAD + 1)]
-                if held.scan.data.author.start >= 0:
-                    sessions._prefetch(held.author, age)
-        if self.size > _AHEAD:
-            self.count_oldest()
-        return 0
+def _cpus():
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
 
-    cdef int count_oldest(self) except -1:
-        cdef Py_ssize_t at = self.head
-        self.head = (at + 1) % (_AHEAD + 1)
-        self.size -= 1
-        try:
-            return self.tally.add_scanned(&self.held[at])
-        finally:
-            self.lines[at] = None
 
-    cdef int drain(self) except -1:
-        while self.size:
-            self.count_oldest()
-        return 0
+if _cpus() < 2:
+    _helper_min_lines = -1  # one CPU: a second thread would only take turns with this one
+
+
+ctypedef struct _Lines:
+    # The lines of one count_x_lines call, shared by its two threads: each claims the next
+    # unread line (`next`) and prepares it; the counting thread counts them in order.
+    _Ready* ready
+    Py_ssize_t count
+    Py_ssize_t next      # the next line nobody has claimed (atomic)
+    int stop             # set when the call ends early: the helper claims no more (atomic)
+    double received_at
+    double latest        # event times after it are taken as received_at
+
+
+cdef void _prepare(_Lines* lines, _Ready* r, _Scan* scan) noexcept nogil:
+    # Scan r's line and read what counting needs of it; publish r.state last.
+    cdef const unsigned char* p = r.p
+    cdef _ScanTweet* data = &scan.data
+    cdef _ScanTweet* source
+    cdef double event_time
+    cdef Py_ssize_t i
+    cdef int k
+    if (
+        r.n > 0x7FFFFFFF  # tags are kept as 32-bit offsets
+        or not _scan_x(p, r.n, scan)
+        or not _scanned_time(p, data, &event_time, lines.received_at)
+    ):
+        hh_publish(&r.state, _DECLINED)
+        return
+    r.event_time = lines.received_at if event_time > lines.latest else event_time
+    r.id = data.id
+    r.id_digits = data.id.start >= 0 and _digit_key(
+        p + data.id.start, data.id.end - data.id.start, &r.id_key
+    )
+    r.author_id = data.author
+    r.author_hashed = data.author.start >= 0
+    for i in range(data.author.start, data.author.end):
+        if p[i] >= 0x80:
+            r.author_hashed = False  # hh_str_hash needs the str: the counting thread makes it
+            break
+    if r.author_hashed:
+        r.author = hh_hash(p + data.author.start, data.author.end - data.author.start, 1)
+    r.retweet = data.retweet
+    source = _scanned_source(p, scan)
+    r.text = source.text
+    r.text_escaped = source.text_escaped
+    r.entities = source.entities
+    r.ntags = source.ntags
+    for k in range(source.ntags):
+        r.tags[2 * k] = <int32_t> source.tags[k].start
+        r.tags[2 * k + 1] = <int32_t> source.tags[k].end
+    hh_publish(&r.state, _SCANNED)
+
+
+cdef void* _helper(void* arg) noexcept nogil:
+    # The second thread: prepares unclaimed lines until there are none (or the call stops).
+    cdef _Lines* lines = <_Lines*> arg
+    cdef _Scan* scan = <_Scan*> malloc(sizeof(_Scan))
+    cdef Py_ssize_t i
+    hh_block_signals()
+    if scan != NULL:
+        while not hh_stopped(&lines.stop):
+            i = hh_claim(&lines.next)
+            if i >= lines.count:
+                break
+            _prepare(lines, &lines.ready[i], scan)
+    free(scan)
+    return NULL
 
 
 cdef class _XLines:
-    """One call of `count_x_lines`: its tally, the scanned lines ahead, and what it returns."""
+    """One call of `count_x_lines`: its tally, its lines, and what it returns.
+
+    Each line is first prepared (`_prepare`: scanned, its time parsed, its id and author keyed),
+    which needs no Python object, then counted in order, which does. With `set_scan_helper`,
+    a second thread prepares lines ahead of the counting while this one counts, and this one
+    prepares whatever line it reaches unclaimed; so on one CPU nothing waits for long.
+    Counting prefetches what the lines `_AHEAD` ahead will read (their id's slot among a
+    million, their author's session): tables larger than the caches."""
 
     cdef _Tally tally
-    cdef _Ahead ahead
+    cdef _Lines lines
+    cdef _Scan* scan         # this thread's
+    cdef unsigned char* copy # a LineBlock's lines, each followed by a NUL
+    cdef bint helped
+    cdef hh_thread helper
     cdef double received_at, latest
     cdef Py_ssize_t posts
     cdef dict skipped
@@ -101,9 +173,18 @@ cdef class _XLines:
 
     def __cinit__(self, counter, double received_at):
         self.tally = _Tally(counter)
-        self.ahead = _Ahead(self.tally)
         self.received_at = received_at
         self.latest = received_at + _x.FUTURE_TOLERANCE
+        self.lines.ready = NULL
+        self.lines.count = self.lines.next = 0
+        self.lines.stop = 0
+        self.lines.received_at = self.received_at
+        self.lines.latest = self.latest
+        self.scan = <_Scan*> malloc(sizeof(_Scan))
+        self.copy = NULL
+        self.helped = False
+        if self.scan == NULL:
+            raise MemoryError()
         self.posts = 0
         self.skipped = {}
         self.rejects = []
@@ -112,28 +193,125 @@ cdef class _XLines:
         self.item_of = _x._item_of
         self.DecodeError = _x.DecodeError
 
-    cdef bint scanned(self, object line, const unsigned char* p, Py_ssize_t n) except -1:
-        # Count the line p[:n] (p[n] readable: a NUL) if the scanner reads it; False where it
-        # declines, and msgspec must read it (`decoded`).
-        cdef double event_time
-        cdef _Held* held = self.ahead.next_slot()
-        if not (
-            _scan_x(p, n, &held.scan)
-            and _scanned_time(p, &held.scan.data, &event_time, self.received_at)
-        ):
-            return False
-        if event_time > self.latest:
-            event_time = self.received_at
-        self.posts += 1
-        self.ahead.push(line, p, event_time)
-        return True
+    def __dealloc__(self):
+        self.end()
+        free(self.scan)
+        free(self.lines.ready)
+        free(self.copy)
+
+    cdef int take_block(self, bytes block, Py_ssize_t count) except -1:
+        # The `count` lines of a LineBlock's block, copied once, a NUL after each.
+        cdef const unsigned char* found
+        cdef Py_ssize_t n = len(block), pos = 0, end, i
+        cdef unsigned char* copy = <unsigned char*> malloc(n + 1)
+        if copy == NULL:
+            raise MemoryError()
+        self.copy = copy
+        memcpy(copy, <const unsigned char*> block, n)
+        copy[n] = 0
+        self.allocate(count)
+        for i in range(count):
+            found = <const unsigned char*> memchr(copy + pos, 10, n - pos)
+            end = n if found == NULL else found - copy
+            copy[end] = 0
+            self.lines.ready[i].p = copy + pos
+            self.lines.ready[i].n = end - pos
+            pos = end + 1
+        return 0
+
+    cdef int take_list(self, list items) except -1:
+        # A list's bytes lines are read where they are (bytes end with a NUL); msgspec reads
+        # anything else.
+        cdef Py_ssize_t i
+        self.allocate(len(items))
+        for i in range(len(items)):
+            line = items[i]
+            if type(line) is bytes:
+                self.lines.ready[i].p = <const unsigned char*> (<bytes> line)
+                self.lines.ready[i].n = len(<bytes> line)
+            else:
+                self.lines.ready[i].state = _DECLINED
+        return 0
+
+    cdef int allocate(self, Py_ssize_t count) except -1:
+        self.lines.ready = <_Ready*> calloc(max(count, 1), sizeof(_Ready))
+        if self.lines.ready == NULL:
+            raise MemoryError()
+        self.lines.count = count
+
+    cdef int start(self) except -1:
+        # The helper thread, where it is worth one.
+        if HH_THREADS and 0 < _helper_min_lines <= self.lines.count:
+            self.helped = hh_thread_start(&self.helper, _helper, &self.lines) == 0
+        return 0
+
+    cdef void end(self) noexcept:
+        # Stop the helper (it finishes the line in hand) and wait for it.
+        if self.helped:
+            hh_publish(&self.lines.stop, 1)
+            with nogil:
+                hh_thread_join(self.helper)
+            self.helped = False
+
+    cdef _Ready* ready(self, Py_ssize_t i) noexcept nogil:
+        # Line i, prepared, and the lines up to _AHEAD after it claimed (prepared here where
+        # the helper has not claimed them yet, so that counting can prefetch for them).
+        cdef _Ready* r = &self.lines.ready[i]
+        cdef Py_ssize_t j, last = min(i + _AHEAD, self.lines.count - 1)
+        cdef int spins = 0
+        while hh_peek_next(&self.lines.next) <= last:
+            j = hh_claim(&self.lines.next)
+            if j < self.lines.count:
+                _prepare(&self.lines, &self.lines.ready[j], self.scan)
+        while hh_peek(&r.state) == _PENDING:
+            # The helper is on it: a fraction of a microsecond, unless it is descheduled.
+            spins += 1
+            if spins > 64:
+                hh_yield()
+        return r
+
+    cdef void prefetch(self, Py_ssize_t i) noexcept:
+        # Start the memory reads of the lines ahead of line i that are prepared: one
+        # dependent step per line (see SessionTable._prefetch).
+        cdef Py_ssize_t age, k
+        cdef _Ready* r
+        cdef SessionTable sessions = self.tally.sessions
+        for age in range(_AHEAD):
+            k = i + _AHEAD - age
+            if k >= self.lines.count:
+                continue
+            r = &self.lines.ready[k]
+            if hh_peek(&r.state) != _SCANNED:
+                continue
+            if age == 0 and r.id_digits:
+                self.tally.ids._prefetch(r.id_key)
+            if sessions is not None and r.author_hashed:
+                sessions._prefetch(r.author, age)
+
+    cdef int count(self, object lines, bint block) except -1:
+        # Every line, in order: the scanned ones counted here, the others decoded.
+        cdef Py_ssize_t i
+        cdef _Ready* r
+        for i in range(self.lines.count):
+            with nogil:
+                r = self.ready(i)
+            if r.state == _SCANNED:
+                self.prefetch(i)
+                self.posts += 1
+                self.tally.add_scanned(r)
+            elif block:
+                self.decoded(PyBytes_FromStringAndSize(
+                    <const char*> (<bytes> lines) + (r.p - self.copy), r.n
+                ), i)
+            else:
+                self.decoded((<list> lines)[i], i)
+        return 0
 
     cdef int decoded(self, object line, Py_ssize_t index) except -1:
         # A line the scanner declined: msgspec's schema, then the Python rules.
         cdef double event_time
         cdef bint is_retweet
         cdef list tags
-        self.ahead.drain()  # the lines before this one first
         try:
             message = self.decode(line)
         except _MsgspecError:
@@ -178,35 +356,29 @@ def count_x_lines(counter, lines, double received_at):
     without building a `Post` or any Python object per field for the usual message (an
     original post, a reply, a quote or a retweet, with an X-shaped ``created_at`` and no
     note), which the scanner reads; msgspec and the Python rules read any other line. A
-    `sources.base.LineBlock` is read in place, without a bytes object per line.
+    `sources.base.LineBlock` is read in place, without a bytes object per line; a second
+    thread may scan lines ahead (`set_scan_helper`).
     Returns ``(posts, skipped reasons, [(line index, DecodeError), ...])``."""
     cdef _XLines run = _XLines(counter, received_at)
-    cdef Py_ssize_t index = -1, count, pos = 0, end, n
-    cdef const unsigned char* p
-    cdef const unsigned char* found
+    cdef bint block = type(lines) is _LineBlock
     try:
-        if type(lines) is _LineBlock:  # its length is its block's newlines + 1, by construction
-            block = lines.block
-            p, n, count = <bytes> block, len(<bytes> block), len(lines)
-            for index in range(count):
-                found = <const unsigned char*> memchr(p + pos, 10, n - pos)
-                end = n if found == NULL else found - p
-                if not run.scanned(None, run.ahead.copy_in(p + pos, end - pos), end - pos):
-                    run.decoded(PyBytes_FromStringAndSize(<const char*> p + pos, end - pos), index)
-                pos = end + 1
+        if block:  # its length is its block's newlines + 1, by construction
+            items = lines.block
+            run.take_block(items, len(lines))
         else:
-            for line in lines:
-                index += 1
-                if type(line) is bytes and run.scanned(line, <bytes> line, len(<bytes> line)):
-                    continue
-                run.decoded(line, index)
-        run.ahead.drain()
+            # Our own list: its lines stay alive while the helper reads them, whatever the
+            # caller's list goes through meanwhile.
+            items = list(lines)
+            run.take_list(items)
+        run.start()
+        run.count(items, block)
     finally:
+        run.end()
         run.tally.finish()
     return run.posts, run.skipped, run.rejects
 
 
-cdef _ScanTweet* _scanned_source(const unsigned char* p, _Scan* scan) noexcept:
+cdef _ScanTweet* _scanned_source(const unsigned char* p, _Scan* scan) noexcept nogil:
     # `_v2_source` of a scanned line: the first included tweet whose id is the retweet's
     # reference, else the data tweet.
     cdef _ScanTweet* data = &scan.data
@@ -227,7 +399,7 @@ cdef _ScanTweet* _scanned_source(const unsigned char* p, _Scan* scan) noexcept:
 
 cdef bint _scanned_time(
     const unsigned char* p, _ScanTweet* data, double* event_time, double received_at
-) noexcept:
+) noexcept nogil:
     # `_v2_time` of a scanned line.
     if data.created.start < 0:
         event_time[0] = received_at
