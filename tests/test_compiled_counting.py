@@ -182,8 +182,8 @@ def _v2_message(draw: st.DrawFn) -> dict[str, object]:
 
 
 _LINES = st.one_of(
-    # Raw UTF-8 (as X sends it) or \u escapes: the compiled scanner reads the first and leaves
-    # strings with escapes to msgspec.
+    # Raw UTF-8 (as X sends it) or \u escapes (ensure_ascii): the compiled scanner reads both
+    # in texts and hashtags, surrogate pairs too.
     st.builds(
         lambda m, ascii_only: json.dumps(m, ensure_ascii=ascii_only).encode(),
         _v2_message(),

@@ -39,8 +39,8 @@ _JSON = st.recursive(
     ),
     max_leaves=6,
 )
-# Mostly strings the scanner reads; escaped ones (a newline, a quote, anything non-ASCII under
-# ensure_ascii) it declines.
+# Mostly strings the scanner reads. Escaped ones (a newline, a quote, anything non-ASCII under
+# ensure_ascii) it reads in a text or a hashtag, and declines elsewhere (an id, a time).
 _STRINGS = st.sampled_from(
     ["1", "42", "", "x", "#tag", "é", "😀 :)", "\u2028", "\x7f", "1", "42", "t", "a\nb", 'q"']
 ) | st.builds(  # long ones, read 16 bytes at a time, with one odd character somewhere
@@ -177,7 +177,11 @@ def test_the_scanner_reads_the_demo_stream_and_declines_the_unusual() -> None:
     data, _ = scanned[0]
     assert data["hashtags"] == [h.tag for h in x._decoder.decode(lines[0]).data.entities.hashtags]
     for unusual in [
-        b'{"data":{"id":"1","lang":"\\u0041","text":"\\ud83d\\ude00"}}',  # a surrogate pair
+        b'{"data":{"id":"1","text":"\\ud83d"}}',  # a lone surrogate, high ...
+        b'{"data":{"id":"1","text":"\\ude00\\ud83d"}}',  # ... or low, or a pair upside down
+        b'{"data":{"id":"1","text":"\\ud83d\\u0041"}}',  # a high one before no low one
+        b'{"data":{"id":"1","text":"\\ud83d\\ud83d"}}',  # ... or before another high one
+        b'{"data":{"id":"\\u0031"}}',  # an escape in an id
         b'{"data":{"id":"1","id":"2"}}',  # duplicate key
         b'{"data":{"id":null}}',
         b'{"data":{"note_tweet":{"text":"long"}}}',
@@ -187,6 +191,26 @@ def test_the_scanner_reads_the_demo_stream_and_declines_the_unusual() -> None:
         b'{"data":{"entities":{"hashtags":[' + b",".join([b'{"tag":"t"}'] * 33) + b"]}}}",
     ]:
         assert scan_x(unusual) is None, unusual
+
+
+def test_lines_written_with_ensure_ascii_are_read_as_msgspec_reads_them() -> None:
+    # Python's json.dumps escapes every non-ASCII character by default, an emoji as a
+    # surrogate pair: texts and hashtags with escapes are read, and decoded as msgspec does.
+    lines = [json.dumps(json.loads(line)).encode() for line in demo.generate_messages(400)]
+    escaped = [line for line in lines if b"\\u" in line]
+    assert any(b"\\ud83" in line for line in escaped)  # emoji among them
+    # ... and hashtags with escapes (each generated line's first hashtag follows "tag": ").
+    assert any(b"\\u" in line.partition(b'"tag": "')[2][:20] for line in escaped)
+    for line in escaped:
+        scanned = scan_x(line)
+        assert scanned is not None, line
+        data = x._decoder.decode(line).data
+        assert _scanned(scanned[0]) == _read(data)
+    line = (
+        b'{"data":{"id":"1","text":"\\ud83d\\ude00 #\\u00fcber",'
+        b'"entities":{"hashtags":[{"tag":"\\u00fcber\\ud83d\\ude00"}]}}}'
+    )
+    assert scan_x(line) == ({"id": "1", "text": "😀 #über", "hashtags": ["über😀"]}, [])
 
 
 @pytest.mark.parametrize("at", range(0, 40, 3))

@@ -97,14 +97,17 @@ cdef class _Tally:
     cdef RawTagKeys raw_keys    # the counter's, for scanned lines
     cdef unsigned char* textbuf # a scanned text with its escapes decoded
     cdef Py_ssize_t textcap
+    cdef unsigned char* tagbuf  # ... and a hashtag
+    cdef Py_ssize_t tagcap
     cdef Py_ssize_t seen, duplicates, retweets, with_hashtags, happy_posts, counted
 
     def __dealloc__(self):
         free(self.textbuf)
+        free(self.tagbuf)
 
     def __cinit__(self, counter):
-        self.textbuf = NULL
-        self.textcap = 0
+        self.textbuf = self.tagbuf = NULL
+        self.textcap = self.tagcap = 0
         _bind()
         self.counter = counter
         self.ids = counter._ids
@@ -162,6 +165,18 @@ cdef class _Tally:
                 raise MemoryError()
             self.textbuf, self.textcap = buf, size
         return self.textbuf, _unescape(text, size, self.textbuf)
+
+    cdef (const unsigned char*, Py_ssize_t) _unescaped_tag(
+        self, const unsigned char* tag, Py_ssize_t size
+    ) except *:
+        # `_unescaped` for a hashtag (the text may be in use in textbuf).
+        cdef unsigned char* buf
+        if self.tagcap < size:
+            buf = <unsigned char*> realloc(self.tagbuf, size)
+            if buf == NULL:
+                raise MemoryError()
+            self.tagbuf, self.tagcap = buf, size
+        return self.tagbuf, _unescape(tag, size, self.tagbuf)
 
     cdef bint _happy(self, str text) except -1:
         if self.plain is None:
@@ -273,6 +288,8 @@ cdef class _Tally:
         cdef int k
         cdef uint64_t entry
         cdef uint64_t entries[_SCAN_TAGS]
+        cdef const unsigned char* tag_at
+        cdef Py_ssize_t tag_size
         self.seen += 1
         if r.id.start >= 0:
             if r.id_digits:
@@ -296,7 +313,10 @@ cdef class _Tally:
             keys = self.keybuf
             del keys[:]
             for k in range(r.ntags):
-                tag = self._raw_key(p + r.tags[2 * k], r.tags[2 * k + 1] - r.tags[2 * k], &entry)
+                tag_at, tag_size = p + r.tags[2 * k], r.tags[2 * k + 1] - r.tags[2 * k]
+                if r.tags_escaped & (1u << k):
+                    tag_at, tag_size = self._unescaped_tag(tag_at, tag_size)
+                tag = self._raw_key(tag_at, tag_size, &entry)
                 if len(keys) == 0 or tag not in keys:
                     entries[len(keys)] = entry
                     keys.append(tag)

@@ -4,9 +4,11 @@
 # retweet reference, and the included tweets a retweet points at) as spans of the line, without
 # building a Python object, and checks that the whole line is JSON that the package's msgspec
 # schema (formats.x._Envelope) accepts. It declines (returns False) wherever it cannot be sure
-# that msgspec would decode the line to the same values: an escape in a string it reads, a
-# null, a duplicate key, a note, v1.1 or notice fields, nesting past _SCAN_DEPTH, more than
-# _SCAN_TAGS hashtags, anything not JSON. A declined line goes to msgspec, which decides.
+# that msgspec would decode the line to the same values: an escape in a key, an id, an
+# author or a time (texts and hashtags may hold escapes, surrogate pairs too: the counting
+# decodes them with _unescape), a lone surrogate anywhere, a null, a duplicate key, a note,
+# v1.1 or notice fields, nesting past _SCAN_DEPTH, more than _SCAN_TAGS hashtags, anything not
+# JSON. A declined line goes to msgspec, which decides.
 #
 # Lines are `bytes`, which CPython always ends with a NUL after the last byte: the scanner
 # reads at most that NUL past the end, which matches no byte it looks for.
@@ -33,6 +35,7 @@ ctypedef struct _ScanTweet:
     bint entities        # an entities object was there (its hashtags may be none)
     int ntags
     _Span tags[_SCAN_TAGS]   # each hashtag's tag, or its text where the tag is empty
+    unsigned int tags_escaped  # bit k: tags[k] holds JSON escapes (see _unescape)
 
 
 ctypedef struct _Scan:
@@ -71,6 +74,7 @@ ctypedef struct _Ready:
     bint text_escaped       # the source's text holds JSON escapes (see _unescape)
     bint entities           # the source had an entities object
     int ntags
+    unsigned int tags_escaped  # bit k: the k-th hashtag holds JSON escapes
     double event_time
     uint64_t id_key
     uint64_t author
@@ -128,13 +132,27 @@ cdef inline int _hex(unsigned char c) noexcept nogil:
     return -1
 
 
+cdef inline int _hex4(const unsigned char* p, Py_ssize_t n, Py_ssize_t i) noexcept nogil:
+    # The four hex digits at p[i:i + 4] as a number, or -1. Reads stop at the first non-digit,
+    # so never past a NUL (the line's end).
+    cdef int k, d, code = 0
+    if n - i < 4:
+        return -1
+    for k in range(4):
+        d = _hex(p[i + k])
+        if d < 0:
+            return -1
+        code = code * 16 + d
+    return code
+
+
 cdef Py_ssize_t _string_end(
     const unsigned char* p, Py_ssize_t n, Py_ssize_t i, bint* escaped
 ) noexcept nogil:
     # p[i] opens a string: the index of its closing quote, or -1 (a control character, a bad
     # escape, a lone surrogate, no end). `escaped`: set where the string holds an escape.
     cdef unsigned char c
-    cdef int k, d, code
+    cdef int code, low
     i += 1
     while True:
         i = hh_plain_run(p, i, n)
@@ -146,16 +164,18 @@ cdef Py_ssize_t _string_end(
         escaped[0] = True
         c = p[i + 1]
         if c == 117:  # \uXXXX
-            if n - i < 6:
-                return -1
-            code = 0
-            for k in range(2, 6):
-                d = _hex(p[i + k])
-                if d < 0:
+            code = _hex4(p, n, i + 2)
+            if code < 0 or 0xDC00 <= code <= 0xDFFF:
+                return -1  # a bad escape, or a low surrogate with no high one before it
+            if 0xD800 <= code <= 0xDBFF:
+                # A high surrogate must be followed by a low one (msgspec refuses the rest):
+                # an escaped character beyond the basic plane, as ensure_ascii writes emoji.
+                if p[i + 6] != 92 or p[i + 7] != 117:
                     return -1
-                code = code * 16 + d
-            if 0xD800 <= code <= 0xDFFF:
-                return -1  # surrogates: msgspec pairs them or refuses; let it
+                low = _hex4(p, n, i + 8)
+                if not 0xDC00 <= low <= 0xDFFF:
+                    return -1
+                i += 6
             i += 6
         elif c == 34 or c == 92 or c == 47 or c == 98 or c == 102 or c == 110 or c == 114 or c == 116:
             i += 2
@@ -299,7 +319,7 @@ cdef Py_ssize_t _text(
     const unsigned char* p, Py_ssize_t n, Py_ssize_t i, _Span* out, bint* escapes=NULL
 ) noexcept nogil:
     # A string the schema reads, valid UTF-8: the index after it, or -1. Escapes are declined,
-    # or, with `escapes`, allowed and reported there (no surrogates: _string_end refuses them).
+    # or, with `escapes`, allowed and reported there (surrogates only in pairs: _string_end).
     cdef bint escaped = False
     cdef Py_ssize_t end
     if p[i] != 34:
@@ -332,7 +352,7 @@ cdef Py_ssize_t _hashtag(
     const unsigned char* p, Py_ssize_t n, Py_ssize_t i, int depth, _ScanTweet* t
 ) noexcept nogil:
     cdef _Span key
-    cdef bint escaped, more
+    cdef bint escaped, more, tag_escaped = False, text_escaped = False
     cdef unsigned int seen = 0
     cdef _Span tag, text
     if p[i] != 123 or depth >= _SCAN_DEPTH:
@@ -345,9 +365,9 @@ cdef Py_ssize_t _hashtag(
             if i < 0 or escaped:
                 return -1
             if _named(p, key, "tag", 3):
-                i = _text(p, n, i, &tag) if _first(&seen, 0) else -1
+                i = _text(p, n, i, &tag, &tag_escaped) if _first(&seen, 0) else -1
             elif _named(p, key, "text", 4):
-                i = _text(p, n, i, &text) if _first(&seen, 1) else -1
+                i = _text(p, n, i, &text, &text_escaped) if _first(&seen, 1) else -1
             else:
                 i = _skip_value(p, n, i, depth + 1)
             if i < 0:
@@ -359,12 +379,14 @@ cdef Py_ssize_t _hashtag(
             return -1
     else:
         i += 1
-    # `tag or text`, and only a non-empty one counts.
+    # `tag or text`, and only a non-empty one counts (an escape is never empty).
     if tag.start >= 0 and tag.end > tag.start:
-        text = tag
+        text, text_escaped = tag, tag_escaped
     if text.start >= 0 and text.end > text.start:
         if t.ntags == _SCAN_TAGS:
             return -1
+        if text_escaped:
+            t.tags_escaped |= 1u << t.ntags
         t.tags[t.ntags] = text
         t.ntags += 1
     return i
@@ -460,6 +482,7 @@ cdef Py_ssize_t _tweet(
     t.id.start = t.text.start = t.created.start = t.author.start = t.ref_id.start = -1
     t.retweet = t.entities = t.text_escaped = False
     t.ntags = 0
+    t.tags_escaped = 0
     i = _ws(p, i + 1)
     if p[i] == 125:
         return i + 1

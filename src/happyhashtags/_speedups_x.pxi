@@ -369,10 +369,10 @@ def count_newlines(bytes data):
 # -- JSON string escapes ---------------------------------------------------------------------
 
 cdef Py_ssize_t _unescape(const unsigned char* s, Py_ssize_t n, unsigned char* out) noexcept:
-    # The JSON string body s[:n], checked by the scanner (valid escapes, no surrogates), with
-    # its escapes decoded into out as UTF-8; returns its length (never more than n).
+    # The JSON string body s[:n], checked by the scanner (valid escapes, surrogates in pairs),
+    # with its escapes decoded into out as UTF-8; returns its length (never more than n).
     cdef Py_ssize_t i = 0, k = 0
-    cdef unsigned int code
+    cdef unsigned int code, low
     cdef unsigned char c
     while i < n:
         c = s[i]
@@ -383,10 +383,22 @@ cdef Py_ssize_t _unescape(const unsigned char* s, Py_ssize_t n, unsigned char* o
             continue
         c = s[i + 1]
         i += 2
-        if c == 117:  # \uXXXX: a code point of the basic plane, not a surrogate
+        if c == 117:  # \uXXXX, or a surrogate pair \uD8XX\uDCXX (the scanner checked it)
             code = (_hex(s[i]) << 12) | (_hex(s[i + 1]) << 8) | (_hex(s[i + 2]) << 4) | _hex(s[i + 3])
             i += 4
-            if code < 0x80:
+            if 0xD800 <= code <= 0xDBFF:
+                low = (
+                    (_hex(s[i + 2]) << 12) | (_hex(s[i + 3]) << 8) | (_hex(s[i + 4]) << 4)
+                    | _hex(s[i + 5])
+                )
+                i += 6
+                code = 0x10000 + ((code - 0xD800) << 10) + (low - 0xDC00)
+                out[k] = 0xF0 | (code >> 18)
+                out[k + 1] = 0x80 | ((code >> 12) & 0x3F)
+                out[k + 2] = 0x80 | ((code >> 6) & 0x3F)
+                out[k + 3] = 0x80 | (code & 0x3F)
+                k += 4
+            elif code < 0x80:
                 out[k] = code
                 k += 1
             elif code < 0x800:

@@ -132,6 +132,7 @@ cdef void _prepare(_Lines* lines, _Ready* r, _Scan* scan) noexcept nogil:
     r.text_escaped = source.text_escaped
     r.entities = source.entities
     r.ntags = source.ntags
+    r.tags_escaped = source.tags_escaped
     for k in range(source.ntags):
         r.tags[2 * k] = <int32_t> source.tags[k].start
         r.tags[2 * k + 1] = <int32_t> source.tags[k].end
@@ -462,7 +463,6 @@ def scan_x(bytes line):
 
 cdef dict _scanned_dict(bytes line, _ScanTweet* t):
     cdef const unsigned char* p = line
-    cdef bytearray text
     out = {}
     for name, span in (
         ("id", t.id), ("text", t.text), ("created_at", t.created), ("author_id", t.author)
@@ -470,12 +470,20 @@ cdef dict _scanned_dict(bytes line, _ScanTweet* t):
         if span.start >= 0:
             out[name] = line[span.start:span.end].decode()
     if t.text.start >= 0 and t.text_escaped:
-        text = bytearray(t.text.end - t.text.start)
-        size = _unescape(p + t.text.start, t.text.end - t.text.start, text)
-        out["text"] = text[:size].decode()
+        out["text"] = _unescaped_str(p + t.text.start, t.text.end - t.text.start)
     if t.retweet:
         out["retweeted"] = line[t.ref_id.start:t.ref_id.end].decode()
     if t.entities:
-        out["hashtags"] = [line[s.start:s.end].decode() for s in t.tags[:t.ntags]]
+        out["hashtags"] = [
+            _unescaped_str(p + t.tags[k].start, t.tags[k].end - t.tags[k].start)
+            if t.tags_escaped & (1u << k) else line[t.tags[k].start:t.tags[k].end].decode()
+            for k in range(t.ntags)
+        ]
     return out
+
+
+cdef str _unescaped_str(const unsigned char* s, Py_ssize_t n):
+    # The scanned string body s[:n], its escapes decoded.
+    cdef bytearray out = bytearray(n)
+    return out[:_unescape(s, n, out)].decode()
 
