@@ -12,7 +12,10 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import os
 import pickle
+import subprocess
+import sys
 import zlib
 from collections.abc import Iterator
 
@@ -294,6 +297,19 @@ def test_a_second_thread_scanning_ahead_counts_a_large_batch_alike(block: bool) 
     assert counters[1][:3] == (expected[0], expected[1], [i for i, _ in expected[2]])
     assert counters[1][3] == _state(python)
     assert counters[1][3][1].duplicates == 500 - 1  # the copies, less a "{" among them
+
+
+@pytest.mark.parametrize("cpus", [1, 2])
+def test_the_scan_helper_is_off_where_the_process_may_run_on_one_cpu(cpus: int) -> None:
+    # Decided at import from the CPUs the process may run on (taskset, cgroups' cpusets).
+    allowed = min(cpus, len(os.sched_getaffinity(0)))
+    expected = "256" if allowed >= 2 else "None"
+    code = (
+        f"import os; os.sched_setaffinity(0, sorted(os.sched_getaffinity(0))[:{cpus}]); "
+        "from happyhashtags import _speedups; print(_speedups.set_scan_helper(None))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == expected
 
 
 def test_the_scan_helper_setting_is_checked_and_returned() -> None:
