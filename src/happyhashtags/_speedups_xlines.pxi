@@ -119,13 +119,15 @@ cdef void _prepare(_Lines* lines, _Ready* r, _Scan* scan) noexcept nogil:
         p + data.id.start, data.id.end - data.id.start, &r.id_key
     )
     r.author_id = data.author
-    r.author_hashed = data.author.start >= 0
-    for i in range(data.author.start, data.author.end):
-        if p[i] >= 0x80:
-            r.author_hashed = False  # hh_str_hash needs the str: the counting thread makes it
-            break
-    if r.author_hashed:
-        r.author = hh_hash(p + data.author.start, data.author.end - data.author.start, 1)
+    r.author_hashed = False
+    if data.author.start >= 0:  # (an absent span's end is not set)
+        r.author_hashed = True
+        for i in range(data.author.start, data.author.end):
+            if p[i] >= 0x80:
+                r.author_hashed = False  # hh_str_hash needs the str: the counting thread makes it
+                break
+        if r.author_hashed:
+            r.author = hh_hash(p + data.author.start, data.author.end - data.author.start, 1)
     r.retweet = data.retweet
     source = _scanned_source(p, scan)
     r.text = source.text
