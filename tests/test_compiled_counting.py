@@ -312,6 +312,23 @@ def test_the_scan_helper_is_off_where_the_process_may_run_on_one_cpu(cpus: int) 
     assert done.stdout.strip() == expected
 
 
+@_HELPER
+def test_lines_that_are_not_bytes_are_decoded_on_either_thread(helper: int | None) -> None:
+    # Only bytes lines are scanned (in place); any other buffer goes to msgspec, whichever
+    # thread claims it.
+    lines = list(generate_messages(600, seed=5))
+    mixed: list[bytes | bytearray | memoryview] = [
+        bytearray(line) if i % 3 == 1 else memoryview(line) if i % 3 == 2 else line
+        for i, line in enumerate(lines)
+    ]
+    compiled, python = PostCounter(), PostCounter()
+    with _scan_helper(helper):
+        answer = compiled_count_x_lines(compiled, mixed, _RECEIVED)
+    assert answer[:2] == py_count_x_lines(python, lines, _RECEIVED)[:2]
+    assert answer[0] == 600
+    assert _state(compiled) == _state(python)
+
+
 def test_the_scan_helper_setting_is_checked_and_returned() -> None:
     previous = set_scan_helper(5)
     try:

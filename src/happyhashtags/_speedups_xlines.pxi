@@ -106,6 +106,8 @@ cdef void _prepare(_Lines* lines, _Ready* r, _Scan* scan) noexcept nogil:
     cdef double event_time
     cdef Py_ssize_t i
     cdef int k
+    if r.state != _PENDING:
+        return  # declined before it was claimed: not a bytes line (no `p` to read)
     if (
         r.n > 0x7FFFFFFF  # tags are kept as 32-bit offsets
         or not _scan_x(p, r.n, scan)
@@ -238,7 +240,8 @@ cdef class _XLines:
             if type(line) is bytes:
                 self.lines.ready[i].p = <const unsigned char*> (<bytes> line)
                 self.lines.ready[i].n = len(<bytes> line)
-            else:
+            else:  # set before the helper starts, which sees it
+                self.lines.ready[i].p, self.lines.ready[i].n = NULL, 0
                 self.lines.ready[i].state = _DECLINED
         return 0
 
