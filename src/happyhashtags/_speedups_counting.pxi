@@ -75,6 +75,17 @@ cdef inline uint64_t _span_hash(const unsigned char* p, _Span span) except? 0:
     return hh_hash(p + span.start, span.end - span.start, 1)
 
 
+cdef unsigned char* _room(unsigned char** buf, Py_ssize_t* cap, Py_ssize_t size) except NULL:
+    # buf[0], grown to hold `size` bytes at least (never shrunk).
+    cdef unsigned char* grown
+    if cap[0] < size or buf[0] == NULL:
+        grown = <unsigned char*> realloc(buf[0], max(size, 1))
+        if grown == NULL:
+            raise MemoryError()
+        buf[0], cap[0] = grown, max(size, 1)
+    return buf[0]
+
+
 cdef class _Tally:
     """One batch of `PostCounter.add_many`, as ``aggregate._py_add_many`` (its twin) runs it:
     the counter's parts hoisted, and the batch's statistics added to it at `finish`."""
@@ -158,25 +169,13 @@ cdef class _Tally:
         self, const unsigned char* text, Py_ssize_t size
     ) except *:
         # The scanned text with its JSON escapes decoded (as msgspec decodes them).
-        cdef unsigned char* buf
-        if self.textcap < size:
-            buf = <unsigned char*> realloc(self.textbuf, size)
-            if buf == NULL:
-                raise MemoryError()
-            self.textbuf, self.textcap = buf, size
-        return self.textbuf, _unescape(text, size, self.textbuf)
+        return self.textbuf, _unescape(text, size, _room(&self.textbuf, &self.textcap, size))
 
     cdef (const unsigned char*, Py_ssize_t) _unescaped_tag(
         self, const unsigned char* tag, Py_ssize_t size
     ) except *:
-        # `_unescaped` for a hashtag (the text may be in use in textbuf).
-        cdef unsigned char* buf
-        if self.tagcap < size:
-            buf = <unsigned char*> realloc(self.tagbuf, size)
-            if buf == NULL:
-                raise MemoryError()
-            self.tagbuf, self.tagcap = buf, size
-        return self.tagbuf, _unescape(tag, size, self.tagbuf)
+        # `_unescaped` for a hashtag, in a buffer of its own (the text may be in textbuf).
+        return self.tagbuf, _unescape(tag, size, _room(&self.tagbuf, &self.tagcap, size))
 
     cdef bint _happy(self, str text) except -1:
         if self.plain is None:

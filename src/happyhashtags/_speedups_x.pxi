@@ -141,7 +141,6 @@ def x_partition(lines, bytes table, fallback):
     cdef Py_ssize_t m = len(table), i = 0, pos = 0, end, n
     cdef const unsigned char* slots = table
     cdef const unsigned char* p
-    cdef const unsigned char* found
     cdef bytearray out = bytearray(len(lines))
     cdef unsigned char* parts = out
     if m == 0:
@@ -151,8 +150,7 @@ def x_partition(lines, bytes table, fallback):
         block = lines.block
         p, n = <bytes> block, len(<bytes> block)
         for i in range(len(out)):
-            found = <const unsigned char*> memchr(p + pos, 10, n - pos)
-            end = n if found == NULL else found - p
+            end = _line_end(p, pos, n)
             parts[i] = slots[_part_crc(p + pos, end - pos, fallback) % m]
             pos = end + 1
     else:
@@ -184,7 +182,6 @@ def split_lines(bytes block, bytes parts, Py_ssize_t count):
     ``parts[i]``, in order, and each block's lines are joined by ``\\n`` again; None for a
     block that gets no line. One copy of each line, no bytes object per line."""
     cdef const unsigned char* p = block
-    cdef const unsigned char* found
     cdef const unsigned char* part = parts
     cdef Py_ssize_t n = len(block), lines = len(parts), i, k, pos = 0, end
     cdef Py_ssize_t* sizes
@@ -206,8 +203,7 @@ def split_lines(bytes block, bytes parts, Py_ssize_t count):
     filled = sizes + count
     try:
         for i in range(lines):  # each block's size: its lines and a newline after each
-            found = <const unsigned char*> memchr(p + pos, 10, n - pos)
-            end = n if found == NULL else found - p
+            end = _line_end(p, pos, n)
             sizes[part[i]] += end - pos + 1
             pos = end + 1
         out = [None] * count
@@ -218,8 +214,7 @@ def split_lines(bytes block, bytes parts, Py_ssize_t count):
                 into[k] = PyBytes_AS_STRING(piece)
         pos = 0
         for i in range(lines):
-            found = <const unsigned char*> memchr(p + pos, 10, n - pos)
-            end = n if found == NULL else found - p
+            end = _line_end(p, pos, n)
             k = part[i]
             memcpy(into[k] + filled[k], p + pos, end - pos)
             filled[k] += end - pos
@@ -347,6 +342,12 @@ cdef bint _author_span(
 
 
 # -- lines ---------------------------------------------------------------------------------------
+
+cdef inline Py_ssize_t _line_end(const unsigned char* p, Py_ssize_t pos, Py_ssize_t n) noexcept nogil:
+    # Where the line at p[pos:] ends: the index of the next newline, or n.
+    cdef const unsigned char* found = <const unsigned char*> memchr(p + pos, 10, n - pos)
+    return n if found == NULL else found - p
+
 
 cdef Py_ssize_t _newlines(const unsigned char* p, Py_ssize_t n) noexcept:
     cdef const unsigned char* end = p + n

@@ -212,7 +212,6 @@ cdef class _XLines:
 
     cdef int take_block(self, bytes block, Py_ssize_t count) except -1:
         # The `count` lines of a LineBlock's block, copied once, a NUL after each.
-        cdef const unsigned char* found
         cdef Py_ssize_t n = len(block), pos = 0, end, i
         cdef unsigned char* copy = <unsigned char*> malloc(n + 1)
         if copy == NULL:
@@ -222,8 +221,7 @@ cdef class _XLines:
         copy[n] = 0
         self.allocate(count)
         for i in range(count):
-            found = <const unsigned char*> memchr(copy + pos, 10, n - pos)
-            end = n if found == NULL else found - copy
+            end = _line_end(copy, pos, n)
             copy[end] = 0
             self.lines.ready[i].p = copy + pos
             self.lines.ready[i].n = end - pos
