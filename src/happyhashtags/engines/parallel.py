@@ -331,12 +331,12 @@ class ParallelEngine(StoppableEngine):
         return merged
 
 
-def _spread(lines: Sequence[bytes], parts: bytes, count: int) -> list[Sequence[bytes] | None]:
+def _spread(lines: Sequence[bytes], parts: bytes, count: int) -> Sequence[Sequence[bytes] | None]:
     """`lines` spread over `count` processes by `parts` (one byte per line); None for a
     process that gets none. A `LineBlock` is spread into blocks: one bytes object for each
     process to pickle, where a list would pickle every line."""
     if isinstance(lines, LineBlock):
-        return list(lines.spread(parts, count))
+        return lines.spread(parts, count)
     spread: list[list[bytes]] = [[] for _ in range(count)]
     for line, process in zip(lines, parts, strict=True):
         spread[process].append(line)
