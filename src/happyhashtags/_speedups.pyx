@@ -3,12 +3,14 @@
 
 Everything here has a pure-Python twin that defines its behaviour: `IdRing` is
 ``aggregate.PyRecentIds``, `SessionTable` is ``sessions.PySessionTracker``, `add_posts` is
-``aggregate._py_add_many``, `count_x_lines` is ``formats.x.py_count_x_lines``, and
-`parse_x_time`, `x_author_key` and the X line scanner (`scan_x`) may decline ("None: let the
-Python code, or msgspec, read it"). The tests
-run both on the same inputs and require the same answers. The package uses the compiled one
-when it is built (``pip install`` builds it where a C compiler is present) and the twin
-otherwise.
+``aggregate._py_add_many``, `count_x_lines` is ``formats.x.py_count_x_lines``, `x_partition`
+is ``formats.x._py_partition``, `count_newlines` and `split_lines` are
+``sources.base._py_count_newlines`` and ``_py_split_lines``, and `parse_x_time`,
+`x_author_key` and the X line scanner (`scan_x`) may decline ("None: let the Python code, or
+msgspec, read it"). The tests run both on the same inputs and require the same answers. The
+package uses the compiled one when it is built (``pip install`` builds it where a C compiler
+is present) and the twin otherwise. `count_x_lines` may scan lines on a second thread
+(`set_scan_helper`), which never touches a Python object.
 """
 
 from cpython.dict cimport PyDict_GetItem
