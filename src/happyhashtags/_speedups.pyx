@@ -22,7 +22,6 @@ from libc.stdlib cimport calloc, free, malloc, qsort, realloc
 from libc.string cimport memchr, memcmp, memcpy, memset, strlen
 
 import logging
-import os
 from array import array
 
 cdef extern from *:

@@ -76,14 +76,9 @@ def set_scan_helper(min_lines):
     return previous
 
 
-def _cpus():
-    try:
-        return len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        return os.cpu_count() or 1
+from happyhashtags._cpus import usable_cpus
 
-
-if _cpus() < 2:
+if usable_cpus() < 2:
     _helper_min_lines = -1  # one CPU: a second thread would only take turns with this one
 
 

@@ -21,6 +21,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from happyhashtags import __version__
+from happyhashtags._cpus import usable_cpus
 from happyhashtags.aggregate import COMPILED, PostCounter
 from happyhashtags.config import Settings, load_settings
 from happyhashtags.engines.local import LocalEngine, RunSummary
@@ -70,8 +71,8 @@ def check_workers(settings: Settings, cpus: int | None = None) -> None:
     if settings.workers > 1 and settings.limit is not None:
         raise ConfigError("--limit counts posts in one process: use it with --workers 1")
     if cpus is None:
-        cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    if settings.workers > 1 and cpus is not None and settings.workers >= cpus:
+        cpus = usable_cpus()
+    if settings.workers > 1 and settings.workers >= cpus:
         log.warning(
             "--workers %d on %d CPU%s: the processes share them, with the database if it runs "
             "here, so expect little or no gain (on the 2-vCPU benchmark machine, --workers 2 "
