@@ -26,7 +26,7 @@ from hypothesis import strategies as st
 
 from happyhashtags import aggregate
 from happyhashtags.aggregate import COMPILED, PostCounter
-from happyhashtags.formats import x
+from happyhashtags.formats import LinesCounted, x
 from happyhashtags.formats.x import count_x_lines, py_count_x_lines
 from happyhashtags.happy import HappyMatcher
 from happyhashtags.model import Post
@@ -223,6 +223,15 @@ def _scan_helper(min_lines: int | None) -> Iterator[None]:
         set_scan_helper(previous)
 
 
+def _assert_answered_alike(answer: LinesCounted, expected: LinesCounted) -> None:
+    """The same posts, skipped reasons, and rejected lines with the same errors."""
+    posts, skipped, rejects = answer
+    assert (posts, skipped) == expected[:2]
+    assert [(i, e.reason, e.detail) for i, e in rejects] == [
+        (i, e.reason, e.detail) for i, e in expected[2]
+    ]
+
+
 # The helper thread from the first line, or none: both must count alike.
 _HELPER = pytest.mark.parametrize("helper", [1, None], ids=["helper", "one-thread"])
 
@@ -239,12 +248,8 @@ def test_count_x_lines_counts_as_decode_x_and_add_many(
     compiled, python = PostCounter(**options), PostCounter(**options)  # type: ignore[arg-type]
     for lines in batches:
         with _scan_helper(helper):
-            posts, skipped, rejects = compiled_count_x_lines(compiled, lines, _RECEIVED)
-        expected = py_count_x_lines(python, lines, _RECEIVED)
-        assert (posts, skipped) == expected[:2]
-        assert [(i, e.reason, e.detail) for i, e in rejects] == [
-            (i, e.reason, e.detail) for i, e in expected[2]
-        ]
+            answer = compiled_count_x_lines(compiled, lines, _RECEIVED)
+        _assert_answered_alike(answer, py_count_x_lines(python, lines, _RECEIVED))
     assert _state(compiled) == _state(python)
 
 
@@ -265,14 +270,8 @@ def test_a_line_block_is_counted_as_its_lines(
     compiled, python = PostCounter(**options), PostCounter(**options)  # type: ignore[arg-type]
     for lines in batches:
         with _scan_helper(helper):
-            posts, skipped, rejects = compiled_count_x_lines(
-                compiled, LineBlock(b"\n".join(lines)), _RECEIVED
-            )
-        expected = py_count_x_lines(python, lines, _RECEIVED)
-        assert (posts, skipped) == expected[:2]
-        assert [(i, e.reason, e.detail) for i, e in rejects] == [
-            (i, e.reason, e.detail) for i, e in expected[2]
-        ]
+            answer = compiled_count_x_lines(compiled, LineBlock(b"\n".join(lines)), _RECEIVED)
+        _assert_answered_alike(answer, py_count_x_lines(python, lines, _RECEIVED))
     assert _state(compiled) == _state(python)
 
 
