@@ -5,6 +5,20 @@
 
 _log = logging.getLogger("happyhashtags.sessions")
 
+cdef extern from *:
+    """
+    /* Hand the pages that freed hashtag arrays leave whole back to the system. Sessions end
+       in no order, so their arrays (malloc's small chunks, or pages where a session has many
+       hashtags) free holes all through the heap, which glibc keeps unless asked. */
+    #if defined(__GLIBC__)
+    #include <malloc.h>
+    static void hh_trim(void) { malloc_trim(0); }
+    #else
+    static void hh_trim(void) {}
+    #endif
+    """
+    void hh_trim() nogil
+
 cdef long long _ONE_TWEET = 1LL << 32  # sessions.ONE_TWEET
 cdef enum:
     _LINEAR = 16  # a session's hashtags are a plain array up to this many, a hash table above
@@ -393,6 +407,7 @@ cdef class SessionTable:
             )
         if stale or dropped:
             self._compact()
+            hh_trim()
         return stale + dropped
 
     cdef int _compact(self) except -1:
