@@ -57,14 +57,14 @@ cdef extern from *:
 
 
 # A second thread helps a call of count_x_lines that has at least this many lines to read (and
-# the process may run on two CPUs or more): see `set_scan_helper`.
+# the process may use two CPUs or more: `_cpus.usable_cpus`): see `set_scan_helper`.
 cdef Py_ssize_t _helper_min_lines = 256
 
 
 def set_scan_helper(min_lines):
     """Let count_x_lines scan lines on a second thread when a call has `min_lines` lines or
     more (None: never). Returns the previous setting. Set at import to 256 where the process
-    may run on two CPUs or more, else None; tests set 1 to run both threads on small inputs."""
+    may use two CPUs or more (`_cpus.usable_cpus`), else None; tests set 1 to run both threads on small inputs."""
     global _helper_min_lines
     previous = None if _helper_min_lines < 0 else _helper_min_lines
     if min_lines is None:
@@ -79,7 +79,7 @@ def set_scan_helper(min_lines):
 from happyhashtags._cpus import usable_cpus
 
 if usable_cpus() < 2:
-    _helper_min_lines = -1  # one CPU: a second thread would only take turns with this one
+    _helper_min_lines = -1  # one CPU (or a quota of one): a second thread would only take turns
 
 
 ctypedef struct _Lines:

@@ -63,7 +63,8 @@ def settings_from_context(ctx: click.Context, **flags: Any) -> Settings:
 
 def check_workers(settings: Settings, cpus: int | None = None) -> None:
     """Refuse settings that several processes cannot honour (``run`` and ``process``), and warn
-    where they cannot help: as many processes as CPUs (`cpus`: this process's) or more.
+    where they cannot help: as many processes as CPUs (`cpus`: this process may use, by
+    `usable_cpus`: its affinity and its CPU quota) or more.
 
     Raises:
         ConfigError: `limit` with more than one worker: the limit counts posts in one process.
