@@ -50,6 +50,18 @@ def test_a_container_reads_its_own_root_where_the_path_is_the_hosts(tmp_path: Pa
     assert cpu_quota(tmp_path / "proc", tmp_path / "fs") == 0.5
 
 
+def test_a_path_out_of_the_cgroup_namespace_reads_only_the_root(tmp_path: Path) -> None:
+    _tree(
+        tmp_path,
+        {
+            "proc": "0::/../elsewhere\n",
+            "fs/cpu.max": "200000 100000\n",
+            "elsewhere/cpu.max": "10000 100000\n",  # beside the mount: never read
+        },
+    )
+    assert cpu_quota(tmp_path / "proc", tmp_path / "fs") == 2.0
+
+
 def test_cgroup_v1_reads_the_cpu_controllers_quota_and_period(tmp_path: Path) -> None:
     _tree(
         tmp_path,

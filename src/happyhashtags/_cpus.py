@@ -62,7 +62,10 @@ def _limits(root: Path, path: str, read: _Reader) -> list[float]:
     # the path may be the host's, which the container's view does not have: its root is the
     # container's own cgroup, and is still read.
     found: list[float] = []
-    here = root.joinpath(*Path(path).parts[1:])
+    parts = Path(path).parts[1:]
+    # "/.." leads out of a cgroup namespace, to cgroups this process cannot see: its own
+    # view's root is what it can read.
+    here = root if ".." in parts else root.joinpath(*parts)
     for directory in (here, *here.parents):
         if directory.is_dir():
             limit = read(directory)
