@@ -407,3 +407,34 @@ def _pipe_with(lines: list[bytes]) -> Any:
 
     threading.Thread(target=write, daemon=True).start()
     return os.fdopen(read_fd, "rb")
+
+
+def test_process_reads_a_batch_of_messages_as_one_block_with_each_lines_sequence(
+    nats_url: str, stream: str, tmp_path: Path
+) -> None:
+    # What ingest framed, process's source reads back: the lines in order, as one LineBlock
+    # (the compiled counter reads it in place), and each line's cursor its message's sequence.
+    from happyhashtags.queue import NatsSource
+    from happyhashtags.sources.base import LineBlock
+
+    posts = list(generate_messages(300, seed=6))
+    lines = [*posts[:150], b"{not json", *posts[150:]]
+    path = _write_lines(tmp_path / "in.jsonl", lines)
+    queue = f"{nats_url}/{stream}"
+    _ingest(FileSource([str(path)]), queue, tmp_path / "spool", message_posts=7)
+    _, messages = read_stream(nats_url, stream)
+    expected_cursors = [seq for seq, data, _ in messages for _ in range(data.count(b"\n") + 1)]
+    assert len(messages) == 43  # 301 lines, 7 to a message
+    read: list[bytes] = []
+    cursors: list[int] = []
+    with NatsSource(url=parse_queue_url(queue), consumer="reader", idle_exit=0.5) as source:
+        assert source.connect()
+        for batch in source.batches():
+            if batch.lines:
+                assert isinstance(batch.lines, LineBlock)
+                assert batch.cursors is not None
+                assert len(batch.cursors) == len(batch.lines)
+                read += batch.lines
+                cursors += batch.cursors
+    assert read == lines
+    assert cursors == expected_cursors
