@@ -19,7 +19,7 @@ from happyhashtags.engines.base import Share
 from happyhashtags.engines.local import LocalEngine, RunSummary
 from happyhashtags.errors import PositionConflict
 from happyhashtags.model import Checkpoint
-from happyhashtags.sources.base import Batch
+from happyhashtags.sources.base import Batch, LineBlock
 from happyhashtags.storage import Store
 from reference import count_reference, crafted_stream
 
@@ -51,12 +51,16 @@ class ListSource:
 
 
 class ResumableList(ListSource):
-    """A ListSource with cursors (1-based line numbers) that resumes after a checkpoint."""
+    """A ListSource with cursors (1-based line numbers) that resumes after a checkpoint; its
+    batches are `LineBlock`s with `blocks` (as `process` reads them)."""
 
     consumer = "test-consumer"
 
-    def __init__(self, lines: list[bytes], sizes: Sequence[int] = (100,)) -> None:
+    def __init__(
+        self, lines: list[bytes], sizes: Sequence[int] = (100,), *, blocks: bool = False
+    ) -> None:
         super().__init__(lines, sizes)
+        self.blocks = blocks
         self.resumed_from: Checkpoint | None = None
         self.acknowledged: list[int] = []
 
@@ -74,7 +78,9 @@ class ResumableList(ListSource):
         i = start
         while i < len(self.lines) and not self.closed:
             chunk = self.lines[i : i + self.sizes[0]]
-            yield Batch(chunk, READ_AT, "list", i + 1, cursors=range(i + 1, i + 1 + len(chunk)))
+            cursors = range(i + 1, i + 1 + len(chunk))
+            lines = LineBlock(b"\n".join(chunk)) if self.blocks else chunk
+            yield Batch(lines, READ_AT, "list", i + 1, cursors=cursors)
             i += len(chunk)
 
 
@@ -267,9 +273,10 @@ def test_the_collector_runs_less_often_during_a_run_and_as_before_after_it(
     assert gc.get_threshold() == before
 
 
+@pytest.mark.parametrize("blocks", [False, True], ids=["lists", "blocks"])
 @pytest.mark.parametrize("shares", [2, 3])
 def test_engines_counting_the_shares_of_a_stream_count_it_once_between_them(
-    tmp_path: Path, shares: int
+    tmp_path: Path, shares: int, blocks: bool
 ) -> None:
     # Ids wide enough that a repeated id is the same author's repeated post (as on X): both
     # copies fall in one share, which counts the post once.
@@ -278,7 +285,7 @@ def test_engines_counting_the_shares_of_a_stream_count_it_once_between_them(
     store = _store(tmp_path)
     summaries = []
     for index in range(shares):
-        source = ResumableList(lines, [70])
+        source = ResumableList(lines, [70], blocks=blocks)
         source.consumer = f"share-{index}"
         engine = _run(store, source, share=Share(index, shares), flush_posts=150)
         summaries.append(engine.summary)

@@ -15,7 +15,7 @@ from happyhashtags.engines.base import Share, StoppableEngine, fewer_collections
 from happyhashtags.errors import DecodeError, PositionConflict, StorageError
 from happyhashtags.formats import Decoder, LineCounter, get_decoder, get_line_counter
 from happyhashtags.model import Checkpoint, DeadLetter, Post
-from happyhashtags.sources.base import Batch, Clock, Resumable, Source
+from happyhashtags.sources.base import Batch, Clock, LineBlock, Resumable, Source
 from happyhashtags.storage.store import Store
 
 __all__ = ["LocalEngine", "RunSummary"]
@@ -187,13 +187,19 @@ class LocalEngine(StoppableEngine):
         """The format decodes and counts the batch (this share's lines) in one call; returns
         the lines done: all of them."""
         lines = batch.lines
-        select = self._select
-        offsets = None if select is None else [i for i, own in enumerate(select(lines)) if own]
-        mine = lines if offsets is None else [lines[i] for i in offsets]
+        owned = None if self._select is None else self._select(lines)
+        mine: Sequence[bytes]
+        if owned is None:
+            mine = lines
+        elif isinstance(lines, LineBlock):  # this share's lines as a block, made in C
+            mine = lines.spread(owned, 2)[1] or []
+        else:
+            mine = [line for line, own in zip(lines, owned, strict=True) if own]
         posts_read, skipped, rejects = count_lines(self.counter, mine, batch.received_at)
+        if rejects and owned is not None:
+            offsets = [i for i, own in enumerate(owned) if own]
+            rejects = [(offsets[offset], exc) for offset, exc in rejects]
         for offset, exc in rejects:
-            if offsets is not None:
-                offset = offsets[offset]
             self._reject(batch, offset, lines[offset], exc)
         self.summary.skipped.update(skipped)
         self.summary.posts += posts_read
