@@ -27,7 +27,7 @@ from hypothesis import strategies as st
 from happyhashtags import aggregate
 from happyhashtags.aggregate import COMPILED, PostCounter
 from happyhashtags.formats import LinesCounted, x
-from happyhashtags.formats.x import count_x_lines, py_count_x_lines
+from happyhashtags.formats.x import count_x_lines, py_count_x_lines, py_x_undecodable
 from happyhashtags.happy import HappyMatcher
 from happyhashtags.model import Post
 from happyhashtags.sessions import PySessionTracker
@@ -36,7 +36,13 @@ from happyhashtags.sources.demo import generate_messages
 from services import IN_CI
 
 if COMPILED:
-    from happyhashtags._speedups import add_posts, set_scan_helper, x_author_key, x_partition
+    from happyhashtags._speedups import (
+        add_posts,
+        set_scan_helper,
+        x_author_key,
+        x_partition,
+        x_undecodable,
+    )
     from happyhashtags._speedups import count_x_lines as compiled_count_x_lines
 elif IN_CI:
     pytest.fail("happyhashtags._speedups is not built", pytrace=False)
@@ -273,6 +279,24 @@ def test_a_line_block_is_counted_as_its_lines(
             answer = compiled_count_x_lines(compiled, LineBlock(b"\n".join(lines)), _RECEIVED)
         _assert_answered_alike(answer, py_count_x_lines(python, lines, _RECEIVED))
     assert _state(compiled) == _state(python)
+
+
+@settings(max_examples=300, deadline=None)
+@given(lines=st.lists(_LINES, max_size=12))
+def test_the_undecodable_lines_are_those_decode_x_refuses(lines: list[bytes]) -> None:
+    # ingest's check: the lines the scanner reads are not decoded, and must be decodable.
+    assert x_undecodable(lines, _RECEIVED) == py_x_undecodable(lines, _RECEIVED)
+
+
+def test_the_undecodable_check_decodes_what_it_cannot_scan() -> None:
+    lines = [
+        *generate_messages(50, seed=9),
+        b"{",
+        bytearray(b'{"data": 5}'),  # not bytes: decoded, and refused
+        b'{"data": {"id": "8", "text": "#t", "created_at": "not a time"}}',
+        b'{"id_str": "9", "text": "v1", "user": {"id_str": "10"}}',  # v1.1: decoded, fine
+    ]
+    assert x_undecodable(lines, _RECEIVED) == [50, 51, 52]  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize("block", [True, False], ids=["block", "list"])

@@ -385,6 +385,38 @@ def count_x_lines(counter, lines, double received_at):
     return run.posts, run.skipped, run.rejects
 
 
+def x_undecodable(lines, double received_at):
+    """``formats.x.py_x_undecodable`` compiled: the indices of the X lines that
+    ``formats.x.decode_x`` refuses. A line that `count_x_lines`'s scan accepts (and whose time
+    it reads) decodes, so only the lines the scan declines are decoded, as counting does."""
+    cdef _Scan* scan = <_Scan*> malloc(sizeof(_Scan))
+    cdef const unsigned char* p
+    cdef double event_time
+    cdef Py_ssize_t i = 0
+    cdef list refused = []
+    if scan == NULL:
+        raise MemoryError()
+    _bind()
+    decode, DecodeError = _x.decode_x, _x.DecodeError
+    try:
+        for line in lines:
+            if type(line) is bytes and len(<bytes> line) <= 0x7FFFFFFF:
+                p = <const unsigned char*> (<bytes> line)
+                if _scan_x(p, len(<bytes> line), scan) and _scanned_time(
+                    p, &scan.data, &event_time, received_at
+                ):
+                    i += 1
+                    continue
+            try:
+                decode(line, received_at)
+            except DecodeError:
+                refused.append(i)
+            i += 1
+    finally:
+        free(scan)
+    return refused
+
+
 cdef _ScanTweet* _scanned_source(const unsigned char* p, _Scan* scan) noexcept nogil:
     # `_v2_source` of a scanned line: the first included tweet whose id is the retweet's
     # reference, else the data tweet.

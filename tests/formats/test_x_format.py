@@ -13,6 +13,7 @@ from happyhashtags.aggregate import PostCounter
 from happyhashtags.errors import DecodeError
 from happyhashtags.formats import (
     KeyPartitioner,
+    get_checker,
     get_decoder,
     get_line_counter,
     get_partition_key,
@@ -27,6 +28,7 @@ from happyhashtags.formats.x import (
     parse_v2_time,
     partition_key_x,
     partition_x_lines,
+    undecodable_x_lines,
 )
 from happyhashtags.model import Post, Skipped
 from reference import Dead, decode_reference, parse_created_at
@@ -382,11 +384,16 @@ def test_a_decoder_registered_over_x_takes_its_line_counter_and_key_with_it(
 ) -> None:
     # The line counter and the partition key follow the built-in decoder's rules: a decoder
     # registered in its place must not be bypassed by them.
-    for registry in ("_DECODERS", "_LINE_COUNTERS", "_PARTITION_KEYS", "_PARTITIONERS"):
+    registries = ("_DECODERS", "_LINE_COUNTERS", "_CHECKERS", "_PARTITION_KEYS", "_PARTITIONERS")
+    for registry in registries:
         monkeypatch.setattr(formats, registry, dict(getattr(formats, registry)))
+    assert get_checker("x") is undecodable_x_lines
     register_decoder("x", "happyhashtags.formats.bluesky:decode_bluesky")
     assert get_decoder("x").__name__ == "decode_bluesky"
     assert get_line_counter("x") is None
+    # X lines are not Bluesky events: the checker decodes them with the new decoder.
+    v2 = _lines(*V2)[:3]
+    assert get_checker("x")(v2, READ_AT) == [0, 1, 2]
     assert get_partition_key("x") is not partition_key_x
     assert isinstance(get_partitioner("x"), KeyPartitioner)
 

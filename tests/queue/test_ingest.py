@@ -438,3 +438,22 @@ def test_process_reads_a_batch_of_messages_as_one_block_with_each_lines_sequence
                 cursors += batch.cursors
     assert read == lines
     assert cursors == expected_cursors
+
+
+@pytest.mark.parametrize("message_posts", [1, 3, 128])
+def test_undecodable_lines_are_counted_and_published_whatever_the_message_size(
+    nats_url: str, stream: str, tmp_path: Path, message_posts: int
+) -> None:
+    # One line to a message: each is decoded for its post id. Several: the lines are checked
+    # in one call per message (the compiled scan for X) and only the ones it declines decoded.
+    posts = list(generate_messages(20, seed=7))
+    bad = [b"{not json", b'{"data": 5}', b'{"data": {"id": "8", "text": "t", "created_at": "?"}}']
+    lines = [*posts[:5], bad[0], b"  ", *posts[5:12], bad[1], bad[2], *posts[12:]]
+    path = _write_lines(tmp_path / "in.jsonl", lines)
+    queue = f"{nats_url}/{stream}"
+    summary = _ingest(
+        FileSource([str(path)]), queue, tmp_path / "spool", message_posts=message_posts
+    )
+    assert (summary.lines, summary.blank, summary.undecodable) == (23, 1, 3)
+    _, messages = read_stream(nats_url, stream)
+    assert lines_of(messages) == [line for line in lines if line.strip()]

@@ -7,8 +7,9 @@ decoder their messages need; `get_decoder` finds it by that name.
 
 from __future__ import annotations
 
+import functools
 import zlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from happyhashtags.errors import ConfigError, DecodeError
@@ -18,15 +19,18 @@ if TYPE_CHECKING:
     from happyhashtags.aggregate import PostCounter
 
 __all__ = [
+    "Checker",
     "Decoder",
     "LineCounter",
     "LinesCounted",
     "PartitionKey",
     "Partitioner",
+    "get_checker",
     "get_decoder",
     "get_line_counter",
     "get_partition_key",
     "get_partitioner",
+    "refused_lines",
     "register_decoder",
 ]
 
@@ -36,6 +40,9 @@ LinesCounted = tuple[int, dict[str, int], list[tuple[int, DecodeError]]]
 LineCounter = Callable[["PostCounter", Sequence[bytes], float], LinesCounted]
 """Decodes lines and counts their posts in one call, the same as decoding each line with the
 format's decoder and counting the posts in order (`LinesCounted`)."""
+Checker = Callable[[Sequence[bytes], float], list[int]]
+"""Which lines of a batch the format's decoder refuses (their indices), without necessarily
+decoding the others: what ``ingest`` counts as undecodable."""
 PartitionKey = Callable[[bytes], bytes]
 """Maps a raw message to the key that must keep it with its author's other messages."""
 Partitioner = Callable[[Sequence[bytes], bytes], bytes]
@@ -55,6 +62,12 @@ _LINE_COUNTERS: dict[str, str] = {
 }
 
 
+_CHECKERS: dict[str, str] = {
+    # Formats that tell a batch's undecodable lines faster than decoding each.
+    "x": "happyhashtags.formats.x:undecodable_x_lines",
+}
+
+
 _PARTITION_KEYS: dict[str, str] = {
     "x": "happyhashtags.formats.x:partition_key_x",
 }
@@ -69,11 +82,13 @@ _PARTITIONERS: dict[str, str] = {
 def register_decoder(name: str, target: str) -> None:
     """Register a decoder as ``"package.module:function"`` under `name`.
 
-    A decoder registered over a built-in one replaces its line counter, partition key and
-    partitioner too (they follow the built-in decoder's rules): its lines are decoded one by one.
+    A decoder registered over a built-in one replaces its line counter, checker, partition key
+    and partitioner too (they follow the built-in decoder's rules): its lines are decoded one
+    by one.
     """
     _DECODERS[name] = target
     _LINE_COUNTERS.pop(name, None)
+    _CHECKERS.pop(name, None)
     _PARTITION_KEYS.pop(name, None)
     _PARTITIONERS.pop(name, None)
 
@@ -91,31 +106,40 @@ def get_decoder(name: str) -> Decoder:
 
 def get_line_counter(name: str) -> LineCounter | None:
     """The line counter of format `name`, or None where it has none (decode line by line)."""
-    target = _LINE_COUNTERS.get(name)
-    if target is None:
-        return None
-    counter: LineCounter = _load(target)
+    counter: LineCounter | None = _hook(_LINE_COUNTERS, name)
     return counter
+
+
+def get_checker(name: str) -> Checker:
+    """The checker of format `name`: its own where it has one, else its decoder on each line."""
+    checker: Checker | None = _hook(_CHECKERS, name)
+    return checker or functools.partial(refused_lines, get_decoder(name))
+
+
+def refused_lines(decode: Decoder, lines: Iterable[bytes], received_at: float) -> list[int]:
+    """The indices of the lines `decode` refuses (raises `DecodeError` for): what a `Checker`
+    returns, found here by decoding every line."""
+    refused: list[int] = []
+    for index, line in enumerate(lines):
+        try:
+            decode(line, received_at)
+        except DecodeError:
+            refused.append(index)
+    return refused
 
 
 def get_partition_key(name: str) -> PartitionKey:
     """A fast partition key for format `name`; formats without one use a generic key built from
     the full decoder (the author, else the post id, else the line)."""
-    target = _PARTITION_KEYS.get(name)
-    if target is not None:
-        key: PartitionKey = _load(target)
-        return key
-    return _GenericKey(get_decoder(name))
+    key: PartitionKey | None = _hook(_PARTITION_KEYS, name)
+    return key or _GenericKey(get_decoder(name))
 
 
 def get_partitioner(name: str) -> Partitioner:
     """The partitioner of format `name`: its own where it has one, else one built on
     `get_partition_key`."""
-    target = _PARTITIONERS.get(name)
-    if target is not None:
-        partitioner: Partitioner = _load(target)
-        return partitioner
-    return KeyPartitioner(get_partition_key(name))
+    partitioner: Partitioner | None = _hook(_PARTITIONERS, name)
+    return partitioner or KeyPartitioner(get_partition_key(name))
 
 
 class KeyPartitioner:
@@ -149,6 +173,12 @@ class _GenericKey:
             if key:
                 return key.encode()
         return line
+
+
+def _hook(registry: dict[str, str], name: str) -> Any:
+    """What `registry` holds for format `name`, imported; None where it holds nothing."""
+    target = registry.get(name)
+    return None if target is None else _load(target)
 
 
 def _load(target: str) -> Any:

@@ -16,7 +16,7 @@ import msgspec
 from happyhashtags._twins import compiled_or
 from happyhashtags.aggregate import PostCounter
 from happyhashtags.errors import DecodeError
-from happyhashtags.formats import KeyPartitioner, LinesCounted, PartitionKey
+from happyhashtags.formats import KeyPartitioner, LinesCounted, PartitionKey, refused_lines
 from happyhashtags.model import Post, Skipped
 
 __all__ = [
@@ -27,6 +27,8 @@ __all__ = [
     "parse_v2_time",
     "partition_x_lines",
     "py_count_x_lines",
+    "py_x_undecodable",
+    "undecodable_x_lines",
 ]
 
 
@@ -307,6 +309,18 @@ def count_x_lines(counter: PostCounter, lines: Sequence[bytes], received_at: flo
     return py_count_x_lines(counter, lines, received_at)
 
 
+def py_x_undecodable(lines: Iterable[bytes], received_at: float) -> list[int]:
+    """The indices of the lines `decode_x` refuses: the definition of the compiled
+    ``_speedups.x_undecodable``, which decodes only the lines its scan cannot vouch for."""
+    return refused_lines(decode_x, lines, received_at)
+
+
+def undecodable_x_lines(lines: Sequence[bytes], received_at: float) -> list[int]:
+    """The X `Checker`: which lines `decode_x` refuses, found without decoding the lines the
+    compiled scanner reads (about three times faster where the module is built)."""
+    return _x_undecodable(lines, received_at)
+
+
 class _V2AuthorProbe(msgspec.Struct, gc=False):
     id: str | None = None
     author_id: str | None = None
@@ -377,3 +391,4 @@ _x_time = compiled_or("parse_x_time", _no_fast_time)
 _author_key = compiled_or("x_author_key", _no_author_key)
 _count_x_lines = compiled_or("count_x_lines", py_count_x_lines)
 _partition = compiled_or("x_partition", _py_partition)
+_x_undecodable = compiled_or("x_undecodable", py_x_undecodable)

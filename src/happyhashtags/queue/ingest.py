@@ -25,7 +25,7 @@ from pathlib import Path
 
 from happyhashtags.engines.base import StoppableEngine
 from happyhashtags.errors import DecodeError
-from happyhashtags.formats import Decoder, get_decoder
+from happyhashtags.formats import Checker, Decoder, get_checker, get_decoder
 from happyhashtags.model import Post
 from happyhashtags.queue.framing import (
     DEFAULT_MESSAGE_BYTES,
@@ -128,6 +128,7 @@ class Ingestor(StoppableEngine):
         """Ingest until the source ends (and all is acknowledged) or a stop is requested."""
         require_nats()
         decode = get_decoder(self.source.format)
+        check = get_checker(self.source.format)
         summary = self.summary
         started = self._clock()
         spool = Spool(
@@ -147,7 +148,7 @@ class Ingestor(StoppableEngine):
         done = thread.submit(publisher.run())
         self._last_progress = started
         try:
-            self._read(decode, spool, publisher)
+            self._read(decode, check, spool, publisher)
             self._wait_until_drained(spool, publisher, done.done)
         except KeyboardInterrupt:
             summary.interrupted = True
@@ -183,7 +184,7 @@ class Ingestor(StoppableEngine):
             )
         return summary
 
-    def _read(self, decode: Decoder, spool: Spool, publisher: Publisher) -> None:
+    def _read(self, decode: Decoder, check: Checker, spool: Spool, publisher: Publisher) -> None:
         # The source is read in its own thread: a blocking read (a quiet pipe, a stream between
         # keep-alives) must not keep this one from noticing a stop or a publisher failure. The
         # small queue passes back-pressure on: when the spool is full, the source is not read.
@@ -204,7 +205,7 @@ class Ingestor(StoppableEngine):
                 return
             if isinstance(batch, BaseException):
                 raise batch
-            items = self._items(batch, decode)
+            items = self._items(batch, decode, check)
             journaled = spool.append(items, stopping=self._stopping) if items else 0
             if journaled < len(items):
                 unjournaled += sum(len(split_message(item[3])) for item in items[journaled:])
@@ -245,34 +246,37 @@ class Ingestor(StoppableEngine):
         with contextlib.suppress(queue.Full):
             handoff.put(item, timeout=1.0)
 
-    def _items(self, batch: Batch, decode: Decoder) -> list[tuple[float, str, str, bytes]]:
-        """The spool records of a batch: messages of up to `message_posts` lines."""
+    def _items(
+        self, batch: Batch, decode: Decoder, check: Checker
+    ) -> list[tuple[float, str, str, bytes]]:
+        """The spool records of a batch: messages of up to `message_posts` lines.
+
+        A message of one line is named by its post id, so that line is decoded; the lines of
+        a longer message are only checked, in one call per message, to count the undecodable
+        ones. Either way an undecodable line is published all the same: process keeps it as
+        a dead letter, with its context."""
         summary, fmt, received_at = self.summary, self.source.format, batch.received_at
         lines: list[bytes] = []
-        decoded: list[object] = []
         for raw in batch.lines:
             line = raw.strip()
-            if not line:
+            if line:
+                lines.append(normalize_line(line))
+            else:
                 summary.blank += 1
-                continue
-            summary.lines += 1
-            try:
-                item: object = decode(line, received_at)
-            except DecodeError:
-                # Published all the same: process keeps it as a dead letter, with its context.
-                summary.undecodable += 1
-                item = None
-            lines.append(normalize_line(line))
-            decoded.append(item)
+        summary.lines += len(lines)
         items = []
-        start = 0
         for frame in frames(lines, max_lines=self.message_posts, max_bytes=self.message_bytes):
             if len(frame) == 1:
-                items.append((received_at, message_id(decoded[start], frame[0]), fmt, frame[0]))
+                try:
+                    item: object = decode(frame[0], received_at)
+                except DecodeError:
+                    summary.undecodable += 1
+                    item = None
+                items.append((received_at, message_id(item, frame[0]), fmt, frame[0]))
             else:
+                summary.undecodable += len(check(frame, received_at))
                 payload = b"\n".join(frame)
                 items.append((received_at, frame_id(frame, payload), fmt, payload))
-            start += len(frame)
         return items
 
     def _wait_until_drained(
