@@ -3,8 +3,9 @@
 
 Everything here has a pure-Python twin that defines its behaviour: `IdRing` is
 ``aggregate.PyRecentIds``, `SessionTable` is ``sessions.PySessionTracker``, `add_posts` is
-``aggregate._py_add_many``, `count_x_lines` is ``formats.x.py_count_x_lines``, `x_partition`
-is ``formats.x._py_partition``, `count_newlines` and `split_lines` are
+``aggregate._py_add_many``, `count_x_lines` is ``formats.x.py_count_x_lines``, `x_undecodable`
+is ``formats.x.py_x_undecodable``, `x_partition` is ``formats.x._py_partition``,
+`count_newlines` and `split_lines` are
 ``sources.base._py_count_newlines`` and ``_py_split_lines``, and `parse_x_time`,
 `x_author_key` and the X line scanner (`scan_x`) may decline ("None: let the Python code, or
 msgspec, read it"). The tests run both on the same inputs and require the same answers. The

@@ -64,7 +64,8 @@ cdef Py_ssize_t _helper_min_lines = 256
 def set_scan_helper(min_lines):
     """Let count_x_lines scan lines on a second thread when a call has `min_lines` lines or
     more (None: never). Returns the previous setting. Set at import to 256 where the process
-    may use two CPUs or more (`_cpus.usable_cpus`), else None; tests set 1 to run both threads on small inputs."""
+    may use two CPUs or more (`_cpus.usable_cpus`), else None; tests set 1 to run both
+    threads on small inputs."""
     global _helper_min_lines
     previous = None if _helper_min_lines < 0 else _helper_min_lines
     if min_lines is None:
