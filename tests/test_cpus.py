@@ -15,67 +15,59 @@ from happyhashtags._cpus import cpu_quota, usable_cpus
 from happyhashtags.aggregate import COMPILED
 
 
-def _tree(root: Path, files: dict[str, str]) -> None:
+def _quota_of(root: Path, files: dict[str, str]) -> float | None:
+    """`cpu_quota` of a tree of files under `root`: the membership file ``proc`` and the cgroup
+    file systems under ``fs``."""
     for name, text in files.items():
         path = root / name
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(text)
+    return cpu_quota(root / "proc", root / "fs")
 
 
 def test_cgroup_v2_takes_the_tightest_quota_of_the_cgroup_and_its_ancestors(
     tmp_path: Path,
 ) -> None:
-    _tree(
-        tmp_path,
-        {
-            "proc": "0::/kubepods/pod7/app\n",
-            "fs/cpu.max": "max 100000\n",
-            "fs/kubepods/cpu.max": "300000 100000\n",
-            "fs/kubepods/pod7/cpu.max": "150000 100000\n",
-            "fs/kubepods/pod7/app/cpu.max": "max 100000\n",
-        },
-    )
-    assert cpu_quota(tmp_path / "proc", tmp_path / "fs") == 1.5
+    tree = {
+        "proc": "0::/kubepods/pod7/app\n",
+        "fs/cpu.max": "max 100000\n",
+        "fs/kubepods/cpu.max": "300000 100000\n",
+        "fs/kubepods/pod7/cpu.max": "150000 100000\n",
+        "fs/kubepods/pod7/app/cpu.max": "max 100000\n",
+    }
+    assert _quota_of(tmp_path, tree) == 1.5
 
 
 def test_cgroup_v2_without_a_quota_is_no_limit(tmp_path: Path) -> None:
-    _tree(tmp_path, {"proc": "0::/app\n", "fs/app/cpu.max": "max 100000\n"})
-    assert cpu_quota(tmp_path / "proc", tmp_path / "fs") is None
+    assert _quota_of(tmp_path, {"proc": "0::/app\n", "fs/app/cpu.max": "max 100000\n"}) is None
 
 
 def test_a_container_reads_its_own_root_where_the_path_is_the_hosts(tmp_path: Path) -> None:
     # Without a cgroup namespace the path names the host's tree; the container sees its own
     # cgroup mounted at the root.
-    _tree(tmp_path, {"proc": "0::/docker/4f2a\n", "fs/cpu.max": "50000 100000\n"})
-    assert cpu_quota(tmp_path / "proc", tmp_path / "fs") == 0.5
+    assert _quota_of(tmp_path, {"proc": "0::/docker/4f2a\n", "fs/cpu.max": "50000 100000\n"}) == 0.5
 
 
 def test_a_path_out_of_the_cgroup_namespace_reads_only_the_root(tmp_path: Path) -> None:
-    _tree(
-        tmp_path,
-        {
-            "proc": "0::/../elsewhere\n",
-            "fs/cpu.max": "200000 100000\n",
-            "elsewhere/cpu.max": "10000 100000\n",  # beside the mount: never read
-        },
-    )
-    assert cpu_quota(tmp_path / "proc", tmp_path / "fs") == 2.0
+    tree = {
+        "proc": "0::/../elsewhere\n",
+        "fs/cpu.max": "200000 100000\n",
+        "elsewhere/cpu.max": "10000 100000\n",  # beside the mount: never read
+    }
+    assert _quota_of(tmp_path, tree) == 2.0
 
 
 def test_cgroup_v1_reads_the_cpu_controllers_quota_and_period(tmp_path: Path) -> None:
-    _tree(
-        tmp_path,
-        {
-            "proc": "4:memory:/a\n3:cpu,cpuacct:/a/b\n0::/\n",
-            "fs/cpu,cpuacct/cpu.cfs_quota_us": "-1\n",
-            "fs/cpu,cpuacct/cpu.cfs_period_us": "100000\n",
-            "fs/cpu,cpuacct/a/b/cpu.cfs_quota_us": "250000\n",
-            "fs/cpu,cpuacct/a/b/cpu.cfs_period_us": "100000\n",
-            "fs/memory/a/cpu.cfs_quota_us": "10000\n",  # not the cpu controller's: ignored
-            "fs/memory/a/cpu.cfs_period_us": "100000\n",
-        },
-    )
-    assert cpu_quota(tmp_path / "proc", tmp_path / "fs") == 2.5
+    tree = {
+        "proc": "4:memory:/a\n3:cpu,cpuacct:/a/b\n0::/\n",
+        "fs/cpu,cpuacct/cpu.cfs_quota_us": "-1\n",
+        "fs/cpu,cpuacct/cpu.cfs_period_us": "100000\n",
+        "fs/cpu,cpuacct/a/b/cpu.cfs_quota_us": "250000\n",
+        "fs/cpu,cpuacct/a/b/cpu.cfs_period_us": "100000\n",
+        "fs/memory/a/cpu.cfs_quota_us": "10000\n",  # not the cpu controller's: ignored
+        "fs/memory/a/cpu.cfs_period_us": "100000\n",
+    }
+    assert _quota_of(tmp_path, tree) == 2.5
 
 
 @pytest.mark.parametrize(
@@ -89,8 +81,7 @@ def test_cgroup_v1_reads_the_cpu_controllers_quota_and_period(tmp_path: Path) ->
     ],
 )
 def test_no_readable_quota_is_no_limit(tmp_path: Path, files: dict[str, str]) -> None:
-    _tree(tmp_path, files)
-    assert cpu_quota(tmp_path / "proc", tmp_path / "fs") is None
+    assert _quota_of(tmp_path, files) is None
 
 
 def test_usable_cpus_without_a_quota_is_the_affinity() -> None:
