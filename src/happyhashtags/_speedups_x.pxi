@@ -385,13 +385,10 @@ cdef Py_ssize_t _unescape(const unsigned char* s, Py_ssize_t n, unsigned char* o
         c = s[i + 1]
         i += 2
         if c == 117:  # \uXXXX, or a surrogate pair \uD8XX\uDCXX (the scanner checked it)
-            code = (_hex(s[i]) << 12) | (_hex(s[i + 1]) << 8) | (_hex(s[i + 2]) << 4) | _hex(s[i + 3])
+            code = _hex4(s, n, i)
             i += 4
             if 0xD800 <= code <= 0xDBFF:
-                low = (
-                    (_hex(s[i + 2]) << 12) | (_hex(s[i + 3]) << 8) | (_hex(s[i + 4]) << 4)
-                    | _hex(s[i + 5])
-                )
+                low = _hex4(s, n, i + 2)  # after its "\u"
                 i += 6
                 code = 0x10000 + ((code - 0xD800) << 10) + (low - 0xDC00)
                 out[k] = 0xF0 | (code >> 18)
