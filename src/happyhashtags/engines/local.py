@@ -15,7 +15,7 @@ from happyhashtags.engines.base import Share, StoppableEngine, fewer_collections
 from happyhashtags.errors import DecodeError, PositionConflict, StorageError
 from happyhashtags.formats import Decoder, LineCounter, get_decoder, get_line_counter
 from happyhashtags.model import Checkpoint, DeadLetter, Post
-from happyhashtags.sources.base import Batch, Clock, LineBlock, Resumable, Source
+from happyhashtags.sources.base import Batch, Clock, Resumable, Source, spread_lines
 from happyhashtags.storage.store import Store
 
 __all__ = ["LocalEngine", "RunSummary"]
@@ -188,13 +188,7 @@ class LocalEngine(StoppableEngine):
         the lines done: all of them."""
         lines = batch.lines
         owned = None if self._select is None else self._select(lines)
-        mine: Sequence[bytes]
-        if owned is None:
-            mine = lines
-        elif isinstance(lines, LineBlock):  # this share's lines as a block, made in C
-            mine = lines.spread(owned, 2)[1] or []
-        else:
-            mine = [line for line, own in zip(lines, owned, strict=True) if own]
+        mine = lines if owned is None else spread_lines(lines, owned, 2)[1] or []
         posts_read, skipped, rejects = count_lines(self.counter, mine, batch.received_at)
         if rejects and owned is not None:
             offsets = [i for i, own in enumerate(owned) if own]

@@ -24,7 +24,7 @@ import queue
 import signal
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from multiprocessing.context import ForkContext, SpawnContext
 from multiprocessing.process import BaseProcess
 from types import FrameType
@@ -35,7 +35,7 @@ from happyhashtags.engines.base import StoppableEngine
 from happyhashtags.engines.local import LocalEngine, ProgressCallback, RunSummary
 from happyhashtags.errors import ConfigError, HappyHashtagsError
 from happyhashtags.formats import get_partitioner
-from happyhashtags.sources.base import Batch, LineBlock, Resumable, Source
+from happyhashtags.sources.base import Batch, Resumable, Source, spread_lines
 from happyhashtags.storage.store import Store
 
 __all__ = ["ParallelEngine"]
@@ -131,7 +131,7 @@ class _Router:
         slots = bytes([process for process, weight in enumerate(weights) for _ in range(weight)])
         for batch in engine.source.batches():
             lines = batch.lines
-            parts = _spread(lines, partition(lines, slots), len(inboxes) + 1)
+            parts = spread_lines(lines, partition(lines, slots), len(inboxes) + 1)
             for inbox, part in zip(inboxes, parts[1:], strict=True):
                 # An empty batch (a quiet source) goes to every worker: it may be time to flush.
                 if part is not None or not lines:
@@ -329,18 +329,6 @@ class ParallelEngine(StoppableEngine):
         if errors:
             raise HappyHashtagsError("worker failed: " + "; ".join(errors))
         return merged
-
-
-def _spread(lines: Sequence[bytes], parts: bytes, count: int) -> Sequence[Sequence[bytes] | None]:
-    """`lines` spread over `count` processes by `parts` (one byte per line); None for a
-    process that gets none. A `LineBlock` is spread into blocks: one bytes object for each
-    process to pickle, where a list would pickle every line."""
-    if isinstance(lines, LineBlock):
-        return lines.spread(parts, count)
-    spread: list[list[bytes]] = [[] for _ in range(count)]
-    for line, process in zip(lines, parts, strict=True):
-        spread[process].append(line)
-    return [part or None for part in spread]
 
 
 def _may_fork() -> bool:

@@ -9,7 +9,7 @@ from typing import NamedTuple, Protocol, overload, runtime_checkable
 from happyhashtags._twins import compiled_or
 from happyhashtags.model import Checkpoint
 
-__all__ = ["Batch", "Clock", "LineBlock", "Resumable", "Source"]
+__all__ = ["Batch", "Clock", "LineBlock", "Resumable", "Source", "spread_lines"]
 
 Clock = Callable[[], float]
 """Returns seconds since the epoch (UTC). Injected so tests control time."""
@@ -111,6 +111,20 @@ class LineBlock(Sequence[bytes]):
 
     def __repr__(self) -> str:
         return f"LineBlock({self._split()!r})"
+
+
+def spread_lines(
+    lines: Sequence[bytes], parts: bytes, count: int
+) -> Sequence[Sequence[bytes] | None]:
+    """A batch's `lines` spread over `count` parts (processes, shares) by `parts`, one byte per
+    line, in order; None for a part that gets none. A `LineBlock` is spread into blocks
+    (`LineBlock.spread`: one bytes object per part, to count in place or to pickle)."""
+    if isinstance(lines, LineBlock):
+        return lines.spread(parts, count)
+    spread: list[list[bytes]] = [[] for _ in range(count)]
+    for line, part in zip(lines, parts, strict=True):
+        spread[part].append(line)
+    return [piece or None for piece in spread]
 
 
 class Batch(NamedTuple):
